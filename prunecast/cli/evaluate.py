@@ -1,0 +1,46 @@
+"""``prunecast evaluate``: test MSE/MAE of a model on a benchmark's standard test split."""
+
+from __future__ import annotations
+
+import argparse
+import time
+
+from prunecast.cli.common import add_model_data_args, emit
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("evaluate", help="test MSE/MAE on a benchmark's test split (scaled data)")
+    add_model_data_args(p)
+    p.add_argument("--batch-size", type=int, default=512)
+    p.add_argument("--limit", type=int, default=None, help="evaluate only the first N test windows")
+    p.add_argument("--json", action="store_true", help="print one JSON object")
+    p.set_defaults(func=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    from prunecast.data import prepare_windows
+    from prunecast.evaluate import evaluate
+    from prunecast.loading import load_model
+
+    model = load_model(args.model, horizon=args.horizon, context_length=args.context, family=args.family)
+    data = prepare_windows(args.data, model.context_length, args.horizon, columns=args.columns)
+    start = time.perf_counter()
+    metrics = evaluate(model, data.test, batch_size=args.batch_size, limit=args.limit)
+    result = {
+        **metrics.to_dict(),
+        "model": args.model,
+        "data": str(data.benchmark.path),
+        "context_length": model.context_length,
+        "horizon": args.horizon,
+        "seconds": round(time.perf_counter() - start, 2),
+    }
+    emit(
+        result,
+        args.json,
+        [
+            f"{data.benchmark.name} test, horizon {args.horizon}, context {model.context_length}: "
+            f"{metrics.windows} windows",
+            f"MSE {metrics.mse:.4f}  MAE {metrics.mae:.4f}  ({result['seconds']} s)",
+        ],
+    )
+    return 0

@@ -1,0 +1,56 @@
+"""One adapter per TSFM family, and :func:`load_pretrained` to pick the right one."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from prunecast.models.base import ForecastModule, ModelAdapter, ModelError
+from prunecast.models.ttm import TTMAdapter
+
+ADAPTERS: dict[str, ModelAdapter] = {a.family: a for a in (TTMAdapter(),)}
+DEFAULT_MODEL = TTMAdapter.default_model
+
+
+def adapter_for(source: str, family: str | None = None) -> ModelAdapter:
+    """The adapter for ``source``: named by ``family``, else read from its ``config.json``."""
+    if family is not None:
+        if family not in ADAPTERS:
+            raise ModelError(f"unknown model family {family!r}; known: {sorted(ADAPTERS)}")
+        return ADAPTERS[family]
+    config = _read_config(source)
+    if config is not None:
+        for adapter in ADAPTERS.values():
+            if adapter.recognises(config):
+                return adapter
+        raise ModelError(f"{source}: config.json is of no known family (model_type {config.get('model_type')!r})")
+    raise ModelError(
+        f"cannot read config.json of {source!r}: not a local directory, and not on the Hugging Face hub or in "
+        "its cache (offline? set HF_HUB_CACHE and HF_HUB_OFFLINE=1, or pass a local directory)"
+    )
+
+
+def load_pretrained(
+    source: str, horizon: int | None = None, context_length: int | None = None, family: str | None = None
+) -> ForecastModule:
+    """Load a pretrained checkpoint (HF id or local HF directory) as a forecast module."""
+    return adapter_for(source, family).load(source, horizon=horizon, context_length=context_length)
+
+
+def _read_config(source: str) -> dict | None:
+    """``config.json`` of a local directory or a cached HF id, or None when it cannot be found offline."""
+    path = Path(source)
+    if path.is_dir():
+        cfg = path / "config.json"
+        if not cfg.exists():
+            raise ModelError(f"{path}: no config.json; not a model directory")
+        return json.loads(cfg.read_text())
+    try:
+        from huggingface_hub import hf_hub_download
+
+        return json.loads(Path(hf_hub_download(source, "config.json")).read_text())
+    except Exception:  # noqa: BLE001 - unknown id, or offline without a cached copy
+        return None
+
+
+__all__ = ["ADAPTERS", "DEFAULT_MODEL", "ForecastModule", "ModelAdapter", "ModelError", "adapter_for", "load_pretrained"]
