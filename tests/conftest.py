@@ -19,10 +19,14 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 
 def has_pretrained_ttm() -> bool:
-    return (Path(os.environ.get("HF_HUB_CACHE", "")) / "models--ibm-granite--granite-timeseries-ttm-r2").is_dir()
+    return (
+        Path(os.environ.get("HF_HUB_CACHE", "")) / "models--ibm-granite--granite-timeseries-ttm-r2"
+    ).is_dir()
 
 
-requires_ttm = pytest.mark.skipif(not has_pretrained_ttm(), reason="pretrained TTM r2 not in HF_HUB_CACHE (../shared)")
+requires_ttm = pytest.mark.skipif(
+    not has_pretrained_ttm(), reason="pretrained TTM r2 not in HF_HUB_CACHE (../shared)"
+)
 
 
 @pytest.fixture(scope="session")
@@ -71,7 +75,9 @@ def small_ttm():
 def write_csv(path: Path, rows: int, columns: int = 3, seed: int = 0) -> Path:
     rng = np.random.default_rng(seed)
     t = np.arange(rows)
-    values = np.stack([np.sin(t / (5 + c)) + 0.1 * rng.standard_normal(rows) + c for c in range(columns)], axis=1)
+    values = np.stack(
+        [np.sin(t / (5 + c)) + 0.1 * rng.standard_normal(rows) + c for c in range(columns)], axis=1
+    )
     frame = pd.DataFrame(values, columns=[f"s{c}" for c in range(columns)])
     frame.insert(0, "date", pd.date_range("2020-01-01", periods=rows, freq="h").astype(str))
     frame.to_csv(path, index=False)

@@ -18,7 +18,17 @@ def test_evaluate_json_reports_metrics(capsys):
 
 def test_evaluate_bad_data_is_a_message_not_a_traceback(tmp_path, small_ttm, capsys):
     small_ttm.model.save_pretrained(tmp_path / "m")
-    code = main(["evaluate", "--model", str(tmp_path / "m"), "--data", str(tmp_path / "missing.csv"), "--horizon", "16"])
+    code = main(
+        [
+            "evaluate",
+            "--model",
+            str(tmp_path / "m"),
+            "--data",
+            str(tmp_path / "missing.csv"),
+            "--horizon",
+            "16",
+        ]
+    )
     assert code == 2
     assert "missing.csv: no such file" in capsys.readouterr().err
 

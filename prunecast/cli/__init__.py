@@ -16,7 +16,8 @@ COMMANDS = (evaluate,)
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
-        prog="prunecast", description="Prune-then-finetune time-series foundation models into fast forecasters."
+        prog="prunecast",
+        description="Prune-then-finetune time-series foundation models into fast forecasters.",
     )
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     for command in COMMANDS:

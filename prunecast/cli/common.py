@@ -13,10 +13,16 @@ DEFAULT_HORIZON = 96
 
 
 def add_model_data_args(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--model", default=DEFAULT_MODEL, help=f"HF id or local directory (default {DEFAULT_MODEL})")
+    parser.add_argument(
+        "--model", default=DEFAULT_MODEL, help=f"HF id or local directory (default {DEFAULT_MODEL})"
+    )
     parser.add_argument("--family", default=None, help="model family, when config.json cannot tell it")
-    parser.add_argument("--data", default=DEFAULT_DATA, help=f"benchmark CSV, or a bundled name (default {DEFAULT_DATA})")
-    parser.add_argument("--columns", nargs="+", default=None, help="series columns to use (default: all numeric)")
+    parser.add_argument(
+        "--data", default=DEFAULT_DATA, help=f"benchmark CSV, or a bundled name (default {DEFAULT_DATA})"
+    )
+    parser.add_argument(
+        "--columns", nargs="+", default=None, help="series columns to use (default: all numeric)"
+    )
     parser.add_argument("--horizon", type=int, default=DEFAULT_HORIZON, help="forecast steps (default 96)")
     parser.add_argument("--context", type=int, default=None, help="context length (default: the model's)")
 

@@ -23,7 +23,9 @@ def adapter_for(source: str, family: str | None = None) -> ModelAdapter:
         for adapter in ADAPTERS.values():
             if adapter.recognises(config):
                 return adapter
-        raise ModelError(f"{source}: config.json is of no known family (model_type {config.get('model_type')!r})")
+        raise ModelError(
+            f"{source}: config.json is of no known family (model_type {config.get('model_type')!r})"
+        )
     raise ModelError(
         f"cannot read config.json of {source!r}: not a local directory, and not on the Hugging Face hub or in "
         "its cache (offline? set HF_HUB_CACHE and HF_HUB_OFFLINE=1, or pass a local directory)"
@@ -53,4 +55,12 @@ def _read_config(source: str) -> dict | None:
         return None
 
 
-__all__ = ["ADAPTERS", "DEFAULT_MODEL", "ForecastModule", "ModelAdapter", "ModelError", "adapter_for", "load_pretrained"]
+__all__ = [
+    "ADAPTERS",
+    "DEFAULT_MODEL",
+    "ForecastModule",
+    "ModelAdapter",
+    "ModelError",
+    "adapter_for",
+    "load_pretrained",
+]

@@ -48,7 +48,9 @@ class ModelAdapter(ABC):
     default_model: str
 
     @abstractmethod
-    def load(self, source: str, horizon: int | None = None, context_length: int | None = None) -> ForecastModule:
+    def load(
+        self, source: str, horizon: int | None = None, context_length: int | None = None
+    ) -> ForecastModule:
         """Load ``source`` (HF id or local directory) as a forecast module for ``horizon`` steps."""
 
     @abstractmethod
