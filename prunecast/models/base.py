@@ -9,6 +9,8 @@ of how it is pruned.
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
+from dataclasses import dataclass
+from typing import Literal
 
 import torch
 from torch import nn
@@ -16,6 +18,57 @@ from torch import nn
 
 class ModelError(ValueError):
     """A model cannot be loaded or used as asked; the message says why."""
+
+
+@dataclass(frozen=True)
+class Slice:
+    """Where one pruning unit lives in one layer: ``module``'s ``axis`` (``out`` = output features,
+    rows of a Linear weight and its bias, or a LayerNorm's features; ``in`` = Linear input columns).
+
+    A layer whose axis has ``width`` channels holds ``width // units`` channels of each unit:
+    ``interleaved`` puts unit ``u`` at ``u + k * units`` (a residual width seen through a reshape
+    that splits it into chunks, or a flatten of ``[patches, d]``), ``blocked`` at ``u * (width //
+    units) + k`` (attention head ``u`` and its head dims).
+    """
+
+    module: str
+    axis: Literal["out", "in"]
+    layout: Literal["interleaved", "blocked"] = "interleaved"
+
+
+@dataclass(frozen=True)
+class PruneGroup:
+    """Units that must be removed together from every slice: one coupled structure of a model.
+
+    ``kind`` is ``mlp_hidden`` (hidden channels between two Linears), ``heads`` (attention heads)
+    or ``width`` (a residual stream width such as ``d_model``). ``exact_by_zeroing`` says whether
+    zeroing a unit's weights already equals removing it (true for MLP hidden channels; false where
+    a LayerNorm or softmax normalises over the pruned axis). ``config_key`` names the config
+    field holding ``units * config_scale`` (``d_model``), and ``attributes`` the module
+    attributes caching it, so config and tensors agree after pruning. ``min_units`` is the fewest
+    units that still make a valid architecture.
+    """
+
+    name: str
+    kind: Literal["mlp_hidden", "heads", "width"]
+    units: int
+    slices: tuple[Slice, ...]
+    exact_by_zeroing: bool
+    min_units: int = 1
+    config_key: str | None = None
+    config_scale: int = 1
+    attributes: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True)
+class PruningSpec:
+    """Every prunable structure of a model, as plain data: what compress may remove.
+
+    Families describe their coupling here instead of relying on a tracer, which cannot follow
+    the reshapes and transposes many TSFMs use (TTM's adaptive patching, patch mixing).
+    """
+
+    groups: tuple[PruneGroup, ...]
 
 
 class ForecastModule(nn.Module, ABC):
@@ -39,6 +92,10 @@ class ForecastModule(nn.Module, ABC):
     def example_input(self, batch_size: int = 2) -> torch.Tensor:
         """A real-shaped input, for tracing, MAC counting and export."""
         return torch.randn(batch_size, self.context_length)
+
+    def pruning_spec(self) -> PruningSpec:
+        """The structures compress may prune, read from the module as it is now (none by default)."""
+        return PruningSpec(groups=())
 
 
 class ModelAdapter(ABC):

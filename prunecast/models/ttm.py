@@ -5,7 +5,7 @@ from __future__ import annotations
 import torch
 from tsfm_public.models.tinytimemixer import TinyTimeMixerConfig, TinyTimeMixerForPrediction
 
-from prunecast.models.base import ForecastModule, ModelAdapter, ModelError
+from prunecast.models.base import ForecastModule, ModelAdapter, ModelError, PruneGroup, PruningSpec, Slice
 
 
 class TTMForecast(ForecastModule):
@@ -23,6 +23,115 @@ class TTMForecast(ForecastModule):
 
     def config_dict(self) -> dict:
         return self.model.config.to_dict()
+
+    def pruning_spec(self) -> PruningSpec:
+        """MLP hidden channels of every mixer, plus the encoder and decoder widths.
+
+        Adaptive patching reshapes ``[.., P, D]`` into ``[.., P*f, D/f]``, so an encoder width unit
+        ``u`` is the same sub-feature in each of the ``F = max f`` chunks of ``D/F`` features:
+        channel ``u + k*D/F`` at every level (interleaved). A decoder width unit ``d`` is column
+        ``p*Dd + d`` of the head for every patch ``p``. The patch axis is never pruned. Width
+        groups are offered only for the plain r2 layout (no self-attention, positional encoding,
+        prefix tuning, channel mixing or raw residual): those would need more slices.
+        """
+        cfg = self.model.config
+        groups: list[PruneGroup] = []
+        encoder = "model.backbone.encoder.mlp_mixer_encoder"
+        enc_layers = _mixer_layers(self.model.backbone.encoder.mlp_mixer_encoder, encoder)
+        dec_layers: list[tuple[str, object, int]] = []
+        if cfg.use_decoder:
+            dec_layers = _mixer_layers(self.model.decoder.decoder_block, "model.decoder.decoder_block")
+        for path, layer, _ in enc_layers + dec_layers:
+            for mixer in ("patch_mixer", "feature_mixer"):
+                if hasattr(layer, mixer):
+                    mlp = f"{path}.{mixer}.mlp"
+                    groups.append(
+                        PruneGroup(
+                            name=f"{mlp}.hidden",
+                            kind="mlp_hidden",
+                            units=getattr(layer, mixer).mlp.fc1.out_features,
+                            slices=(Slice(f"{mlp}.fc1", "out"), Slice(f"{mlp}.fc2", "in")),
+                            exact_by_zeroing=True,
+                        )
+                    )
+        plain = (
+            cfg.use_decoder
+            and self.model.decoder.adapter is not None
+            and not cfg.self_attn
+            and not cfg.use_positional_encoding
+            and not cfg.resolution_prefix_tuning
+            and not cfg.decoder_raw_residual
+            and cfg.mode == cfg.decoder_mode == "common_channel"
+            and cfg.categorical_vocab_size_list is None
+            and "batch" not in cfg.norm_mlp.lower()
+            and self.model.head.base_forecast_block.__class__.__name__ == "Linear"
+        )
+        if plain:
+            enc_factor = max(f for _, _, f in enc_layers)
+            groups.append(
+                PruneGroup(
+                    name="encoder.d_model",
+                    kind="width",
+                    units=cfg.d_model // enc_factor,
+                    slices=(Slice("model.backbone.encoder.patcher", "out"),)
+                    + _width_slices(enc_layers)
+                    + (Slice("model.decoder.adapter", "in"),),
+                    exact_by_zeroing=False,
+                    # adaptive patching switches a level off once d_model // factor <= 4
+                    min_units=5 if enc_factor > 1 else 1,
+                    config_key="d_model",
+                    config_scale=enc_factor,
+                    attributes=("model.backbone.d_model", "model.backbone.encoder.d_model"),
+                )
+            )
+            dec_factor = max(f for _, _, f in dec_layers)
+            groups.append(
+                PruneGroup(
+                    name="decoder.d_model",
+                    kind="width",
+                    units=cfg.decoder_d_model // dec_factor,
+                    slices=(Slice("model.decoder.adapter", "out"),)
+                    + _width_slices(dec_layers)
+                    + (Slice("model.head.base_forecast_block", "in"),),
+                    exact_by_zeroing=False,
+                    min_units=5 if dec_factor > 1 else 1,
+                    config_key="decoder_d_model",
+                    config_scale=dec_factor,
+                )
+            )
+        return PruningSpec(groups=tuple(groups))
+
+
+def _mixer_layers(block, path: str) -> list[tuple[str, object, int]]:
+    """``(path, TinyTimeMixerLayer, adaptive patch factor)`` for every layer of a mixer block."""
+    layers = []
+    for i, mixer in enumerate(block.mixers):
+        if hasattr(mixer, "mixer_layers"):
+            for j, layer in enumerate(mixer.mixer_layers):
+                layers.append((f"{path}.mixers.{i}.mixer_layers.{j}", layer, mixer.adaptive_patch_factor))
+        else:
+            layers.append((f"{path}.mixers.{i}", mixer, 1))
+    return layers
+
+
+def _width_slices(layers: list[tuple[str, object, int]]) -> tuple[Slice, ...]:
+    """Every slice of a mixer block that lies on the feature (width) axis."""
+    slices: list[Slice] = []
+    for path, layer, _ in layers:
+        if hasattr(layer, "patch_mixer"):
+            slices.append(Slice(f"{path}.patch_mixer.norm.norm", "out"))
+        fm = f"{path}.feature_mixer"
+        slices += [
+            Slice(f"{fm}.norm.norm", "out"),
+            Slice(f"{fm}.mlp.fc1", "in"),
+            Slice(f"{fm}.mlp.fc2", "out"),
+        ]
+        if layer.feature_mixer.gated_attn:
+            slices += [
+                Slice(f"{fm}.gating_block.attn_layer", "in"),
+                Slice(f"{fm}.gating_block.attn_layer", "out"),
+            ]
+    return tuple(slices)
 
 
 class TTMAdapter(ModelAdapter):
