@@ -6,9 +6,10 @@ import json
 from pathlib import Path
 
 from prunecast.models.base import ForecastModule, ModelAdapter, ModelError
+from prunecast.models.chronos_bolt import ChronosBoltAdapter
 from prunecast.models.ttm import TTMAdapter
 
-ADAPTERS: dict[str, ModelAdapter] = {a.family: a for a in (TTMAdapter(),)}
+ADAPTERS: dict[str, ModelAdapter] = {a.family: a for a in (TTMAdapter(), ChronosBoltAdapter())}
 DEFAULT_MODEL = TTMAdapter.default_model
 
 
