@@ -1,0 +1,99 @@
+"""ONNX Runtime: the default backend, CPU or CUDA, on the artifact's ``model.onnx``."""
+
+from __future__ import annotations
+
+import warnings
+from pathlib import Path
+
+import numpy as np
+
+from prunecast.export.manifest import ONNX_NAME, ArtifactError, Manifest
+from prunecast.runtime.backends.base import DEFAULT_MAX_BATCH, Backend, BackendError, BackendOptions
+
+CUDA_EP = "CUDAExecutionProvider"
+CPU_EP = "CPUExecutionProvider"
+
+
+class OnnxRuntimeBackend(Backend):
+    """One ``InferenceSession``, created once and tuned for latency.
+
+    Thread counts are explicit (intra-op = ``options.threads``, inter-op 1: the graph is a
+    chain, so parallel branches gain nothing), and spinning follows ``options.spinning``.
+    The provider is read back from the session, since ONNX Runtime silently drops CUDA when
+    its libraries fail to load; a drop is reported in ``fallback`` and as a warning.
+    ``InferenceSession.run`` is thread-safe, so calls need no lock.
+    """
+
+    name = "onnxruntime"
+
+    def __init__(self, art_dir: str | Path, manifest: Manifest, options: BackendOptions):
+        try:
+            import onnxruntime as ort
+        except ImportError:
+            raise BackendError(
+                "the onnxruntime backend needs onnxruntime: pip install 'prunecast[cpu]' (or [gpu])"
+            ) from None
+        session_options = ort.SessionOptions()
+        session_options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+        session_options.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
+        session_options.intra_op_num_threads = options.cpu_threads()
+        session_options.inter_op_num_threads = 1
+        if not options.spinning:
+            session_options.add_session_config_entry("session.intra_op.allow_spinning", "0")
+            session_options.add_session_config_entry("session.inter_op.allow_spinning", "0")
+
+        wants_cuda = options.device != "cpu"
+        cuda_available = CUDA_EP in ort.get_available_providers()
+        providers: list = [CPU_EP]
+        if wants_cuda and cuda_available:
+            providers = [(CUDA_EP, {"device_id": options.cuda_index}), CPU_EP]
+        path = Path(art_dir) / ONNX_NAME
+        try:
+            self._session = ort.InferenceSession(str(path), session_options, providers=providers)
+        except Exception as exc:  # noqa: BLE001 - onnxruntime raises its own exception types
+            raise ArtifactError(f"{path}: onnxruntime cannot load it: {exc}") from None
+
+        used = self._session.get_providers()
+        on_cuda = used[0] == CUDA_EP
+        self.device = f"cuda:{options.cuda_index}" if on_cuda else "cpu"
+        if options.device.startswith("cuda") and not on_cuda:
+            reason = (
+                "CUDAExecutionProvider failed to initialise (check the CUDA/cuDNN libraries)"
+                if cuda_available
+                else "this onnxruntime has no CUDAExecutionProvider (install onnxruntime-gpu)"
+            )
+            self.fallback = f"{options.device} requested, running on CPU: {reason}"
+            warnings.warn(f"prunecast runtime: {self.fallback}", RuntimeWarning, stacklevel=3)
+
+        self._input_name, self._output_names = _check_signature(self._session, manifest, path)
+        self.max_batch = options.max_batch or DEFAULT_MAX_BATCH
+        self.threads = session_options.intra_op_num_threads
+        self.providers = used
+
+    def run(self, batch: np.ndarray) -> np.ndarray:
+        return self._session.run(self._output_names, {self._input_name: batch})[0]
+
+    def describe(self) -> dict:
+        return {**super().describe(), "providers": self.providers, "threads": self.threads}
+
+
+def _check_signature(session, manifest: Manifest, path: Path) -> tuple[str, list[str]]:
+    """The graph's input/output names, after checking they match the manifest's ``[batch, L]`` contract."""
+    inputs, outputs = session.get_inputs(), session.get_outputs()
+    expected = (
+        (inputs, manifest.input, manifest.context_length),
+        (outputs, manifest.output, manifest.horizon),
+    )
+    for found, spec, width in expected:
+        if len(found) != 1 or found[0].name != spec.name:
+            raise ArtifactError(
+                f"{path}: graph tensors {[t.name for t in found]} do not match the manifest's {spec.name!r}"
+            )
+        shape = found[0].shape
+        if len(shape) != 2 or shape[1] != width:
+            raise ArtifactError(f"{path}: {spec.name} has shape {shape}, the manifest says [batch, {width}]")
+        if isinstance(shape[0], int):
+            raise ArtifactError(
+                f"{path}: {spec.name} has a fixed batch of {shape[0]}; re-export it with a dynamic batch axis"
+            )
+    return inputs[0].name, [outputs[0].name]

@@ -1,0 +1,78 @@
+"""The in-process runtime: load an artifact once, then forecast batches of series."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+
+from prunecast.export.manifest import Manifest, load_manifest
+from prunecast.runtime.backends import Backend, BackendOptions, open_backend
+from prunecast.runtime.validation import prepare_batch
+
+
+class Forecaster:
+    """Forecasts from an exported artifact on one backend.
+
+    Create it once with :meth:`load` and reuse it: the backend session, its threads and
+    any device buffers live as long as the forecaster. :meth:`predict` is safe to call from
+    several threads.
+    """
+
+    def __init__(self, backend: Backend, manifest: Manifest, art_dir: str | Path):
+        self.backend = backend
+        self.manifest = manifest
+        self.art_dir = Path(art_dir)
+        self.context_length = manifest.context_length
+        self.horizon = manifest.horizon
+
+    @classmethod
+    def load(
+        cls,
+        art_dir: str | Path,
+        backend: str = "auto",
+        device: str = "auto",
+        threads: int | None = None,
+        max_batch: int | None = None,
+        spinning: bool = True,
+        verify: bool = True,
+    ) -> Forecaster:
+        """Open ``art_dir`` (checking every file's sha256 unless ``verify=False``) on ``backend``.
+
+        ``backend`` is ``auto``, ``onnxruntime``, ``tensorrt`` or ``torch``; see
+        :class:`~prunecast.runtime.backends.BackendOptions` for the rest.
+        """
+        manifest = load_manifest(art_dir, verify=verify)
+        options = BackendOptions(device=device, threads=threads, spinning=spinning, max_batch=max_batch)
+        return cls(open_backend(backend, art_dir, manifest, options), manifest, art_dir)
+
+    def predict(self, series, pad: bool = False) -> np.ndarray:
+        """Forecasts ``[N, H]`` float32 for ``series``: a 2-D array ``[N, T]`` or a list of 1-D series.
+
+        Each series needs at least ``context_length`` points (the last ones are used);
+        ``pad=True`` left-pads shorter ones with their first value. Bad input is a
+        ``ValueError`` naming the series.
+        """
+        return self.predict_batch(prepare_batch(series, self.context_length, pad))
+
+    def predict_batch(self, batch: np.ndarray) -> np.ndarray:
+        """Forecasts for an already validated ``[N, L]`` float32 C-contiguous batch, split to the backend's max."""
+        n = batch.shape[0]
+        step = self.backend.max_batch
+        if n <= step:
+            return self.backend.run(batch)
+        out = np.empty((n, self.horizon), dtype=np.float32)
+        for start in range(0, n, step):
+            out[start : start + step] = self.backend.run(batch[start : start + step])
+        return out
+
+    def describe(self) -> dict:
+        """The model and backend, as plain data (for ``/healthz`` and reports)."""
+        return {
+            "model": self.manifest.source_model,
+            "family": self.manifest.family,
+            "context_length": self.context_length,
+            "horizon": self.horizon,
+            "precision": self.manifest.precision,
+            **self.backend.describe(),
+        }
