@@ -9,9 +9,9 @@ from __future__ import annotations
 import argparse
 import sys
 
-from prunecast.cli import evaluate
+from prunecast.cli import build_engine, evaluate, export, export_triton
 
-COMMANDS = (evaluate,)
+COMMANDS = (evaluate, export, build_engine, export_triton)
 
 
 def build_parser() -> argparse.ArgumentParser:

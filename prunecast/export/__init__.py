@@ -11,6 +11,7 @@ import importlib
 from prunecast.export.manifest import (
     ArtifactError,
     EngineEntry,
+    ExportError,
     Manifest,
     Parity,
     TensorSpec,
@@ -18,7 +19,18 @@ from prunecast.export.manifest import (
 )
 
 # public name -> module that defines it, imported when first asked for
-_LAZY = {}
+_LAZY = {
+    "ExportConfig": "prunecast.export.onnx_export",
+    "export_onnx": "prunecast.export.onnx_export",
+    "convert_to_fp16": "prunecast.export.fp16",
+    "EngineConfig": "prunecast.export.tensorrt",
+    "TensorRTUnavailable": "prunecast.export.tensorrt",
+    "build_engine": "prunecast.export.tensorrt",
+    "check_engine": "prunecast.export.tensorrt",
+    "load_engine": "prunecast.export.tensorrt",
+    "TritonConfig": "prunecast.export.triton",
+    "export_triton": "prunecast.export.triton",
+}
 
 
 def __getattr__(name: str):
@@ -27,4 +39,13 @@ def __getattr__(name: str):
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
-__all__ = ["ArtifactError", "EngineEntry", "Manifest", "Parity", "TensorSpec", "load_manifest", *_LAZY]
+__all__ = [
+    "ArtifactError",
+    "EngineEntry",
+    "ExportError",
+    "Manifest",
+    "Parity",
+    "TensorSpec",
+    "load_manifest",
+    *_LAZY,
+]

@@ -36,6 +36,10 @@ class ArtifactError(ValueError):
     """An artifact is missing, malformed, tampered with or unusable here; the message says which file."""
 
 
+class ExportError(ValueError):
+    """A model cannot be exported as asked (untraceable forward, parity failure, bad option)."""
+
+
 @dataclass(frozen=True)
 class TensorSpec:
     """One graph input or output: ``shape`` holds ints and ``"batch"`` for the dynamic axis."""

@@ -1,0 +1,46 @@
+"""``prunecast export``: a model (HF id, HF directory or prunecast-saved directory) becomes an artifact."""
+
+from __future__ import annotations
+
+import argparse
+import time
+
+from prunecast.cli.common import DEFAULT_DATA, DEFAULT_HORIZON, emit
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("export", help="export a model to an ONNX artifact with parity checks and a manifest")
+    p.add_argument("model", help="HF id, HF model directory, or a prunecast-saved (pruned) model directory")
+    p.add_argument("--out", required=True, help="artifact directory to create (must not exist or be empty)")
+    p.add_argument("--fp16", action="store_true", help="compute in FP16 inside; inputs/outputs stay FP32")
+    p.add_argument("--opset", type=int, default=18, help="ONNX opset, 18-23 (default 18)")
+    p.add_argument("--horizon", type=int, default=DEFAULT_HORIZON, help="forecast steps (default 96)")
+    p.add_argument("--context", type=int, default=None, help="context length (default: the model's)")
+    p.add_argument("--family", default=None, help="model family, when config.json cannot tell it")
+    p.add_argument(
+        "--data",
+        default=DEFAULT_DATA,
+        help=f"benchmark whose test windows check parity (default {DEFAULT_DATA})",
+    )
+    p.add_argument("--json", action="store_true", help="print the manifest as one JSON object")
+    p.set_defaults(func=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    from prunecast.export.onnx_export import ExportConfig, export_onnx
+    from prunecast.loading import load_model
+
+    model = load_model(args.model, horizon=args.horizon, context_length=args.context, family=args.family)
+    config = ExportConfig(opset=args.opset, fp16=args.fp16, data=args.data, source_model=args.model)
+    start = time.perf_counter()
+    manifest = export_onnx(model, args.out, config)
+    seconds = round(time.perf_counter() - start, 2)
+    lines = [
+        f"exported {manifest.family} ({manifest.parameters:,} parameters, context {manifest.context_length}, "
+        f"horizon {manifest.horizon}, {manifest.precision}) to {args.out} in {seconds} s",
+        f"FP32 parity: max abs error {manifest.parity.max_abs_err:.2e} at batches {manifest.parity.batch_sizes}",
+    ]
+    if manifest.fp16_parity:
+        lines.append(f"FP16 parity: max abs error {manifest.fp16_parity.max_abs_err:.2e}")
+    emit({**manifest.to_dict(), "out": str(args.out), "seconds": seconds}, args.json, lines)
+    return 0

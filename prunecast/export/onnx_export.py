@@ -1,0 +1,242 @@
+"""``export_onnx``: a forecast module becomes a verified artifact directory.
+
+The module is exported with torch's dynamo exporter (a symbolic ``batch`` axis), checked with
+``onnx.checker``, run in onnxruntime on real scaled windows at several batch sizes against
+PyTorch, optionally converted to FP16 and checked again, and written with its PyTorch weights
+and a manifest. Everything is built in a staging directory and moved into place only when
+every check passed, so a failed export leaves nothing behind.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import shutil
+import tempfile
+import warnings
+from dataclasses import dataclass
+from importlib.metadata import version
+from pathlib import Path
+
+import numpy as np
+import onnx
+import torch
+
+from prunecast.export.manifest import (
+    BATCH_AXIS,
+    ONNX_NAME,
+    TORCH_DIR,
+    ExportError,
+    Manifest,
+    Parity,
+    TensorSpec,
+    hash_tree,
+)
+from prunecast.models.base import ForecastModule
+
+MIN_OPSET, MAX_OPSET = 18, 23  # what torch 2.13's dynamo exporter writes correctly
+
+
+@dataclass(frozen=True)
+class ExportConfig:
+    """How to export and how strictly to check the result.
+
+    Tolerances are on the max abs error relative to the output scale: the allowed error is
+    ``tolerance * max(1, max |forecast|)``, an absolute bound on scaled data.
+    """
+
+    opset: int = 18
+    fp16: bool = False
+    tolerance: float = 1e-4
+    fp16_tolerance: float = 1e-2
+    batch_sizes: tuple[int, ...] = (1, 7, 256)
+    data: str = "ETTh1"
+    source_model: str | None = None
+
+    def validate(self) -> None:
+        if not MIN_OPSET <= self.opset <= MAX_OPSET:
+            raise ExportError(
+                f"unsupported opset {self.opset}: the dynamo exporter writes opset {MIN_OPSET} to {MAX_OPSET}"
+            )
+        if not self.batch_sizes or min(self.batch_sizes) < 1:
+            raise ExportError(f"parity batch sizes must be positive, got {self.batch_sizes}")
+
+
+def export_onnx(module: ForecastModule, out_dir: str | Path, config: ExportConfig | None = None) -> Manifest:
+    """Export ``module`` into a new artifact directory ``out_dir`` and return its manifest."""
+    config = config or ExportConfig()
+    config.validate()
+    out_dir = Path(out_dir)
+    if out_dir.exists() and (not out_dir.is_dir() or any(out_dir.iterdir())):
+        raise ExportError(f"{out_dir}: already exists and is not an empty directory; choose a new --out")
+    out_dir.parent.mkdir(parents=True, exist_ok=True)
+    module = module.eval()
+    contexts = parity_windows(config.data, module, max(config.batch_sizes))
+    stage = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.", dir=out_dir.parent))
+    try:
+        manifest = _build(module, stage, config, contexts)
+    except BaseException:
+        shutil.rmtree(stage, ignore_errors=True)
+        raise
+    stage.chmod(0o755)
+    if out_dir.exists():
+        out_dir.rmdir()  # empty, checked above
+    stage.rename(out_dir)
+    return manifest
+
+
+def _build(module: ForecastModule, stage: Path, config: ExportConfig, contexts: np.ndarray) -> Manifest:
+    """Write and check every file of the artifact in ``stage``."""
+    onnx_path = stage / ONNX_NAME
+    export_graph(module, onnx_path, config.opset)
+    check_graph(onnx_path, module.context_length, module.horizon)
+    reference = _torch_forecasts(module, contexts, config.batch_sizes)
+    parity = measure_parity(onnx_path, contexts, reference, config.batch_sizes, config.tolerance)
+    fp16_parity = None
+    if config.fp16:
+        from prunecast.export.fp16 import convert_to_fp16
+
+        onnx.save(convert_to_fp16(onnx.load(onnx_path)), onnx_path)
+        fp16_parity = measure_parity(
+            onnx_path, contexts, reference, config.batch_sizes, config.fp16_tolerance, "FP16"
+        )
+    from prunecast.compress import save_model
+
+    save_model(module, stage / TORCH_DIR)
+    manifest = Manifest(
+        family=module.family,
+        source_model=config.source_model or str(module.config_dict().get("_name_or_path") or ""),
+        context_length=module.context_length,
+        horizon=module.horizon,
+        inputs=[TensorSpec("context", [BATCH_AXIS, module.context_length])],
+        outputs=[TensorSpec("forecast", [BATCH_AXIS, module.horizon])],
+        precision="fp16" if config.fp16 else "fp32",
+        parameters=sum(p.numel() for p in module.parameters()),
+        opset=config.opset,
+        versions=_versions(),
+        files=hash_tree(stage, sorted(p.name for p in stage.iterdir())),
+        parity=parity,
+        fp16_parity=fp16_parity,
+    )
+    manifest.save(stage)
+    return manifest
+
+
+def export_graph(module: ForecastModule, path: Path, opset: int) -> None:
+    """Run the dynamo exporter with a symbolic batch axis; an untraceable forward is an ExportError."""
+    batch = torch.export.Dim(BATCH_AXIS, min=1)
+    try:
+        with _quiet_exporter():
+            program = torch.onnx.export(
+                module,
+                (module.example_input(2),),
+                input_names=["context"],
+                output_names=["forecast"],
+                dynamic_shapes={"context": {0: batch}},
+                opset_version=opset,
+                dynamo=True,
+                verbose=False,
+            )
+            program.save(path)
+    except Exception as exc:  # noqa: BLE001 - torch.export raises many kinds; all mean "cannot trace"
+        reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise ExportError(
+            f"cannot export the {module.family} model: its forward cannot be traced by torch.export "
+            f"({type(exc).__name__}: {reason})"
+        ) from exc
+
+
+def check_graph(path: Path, context_length: int, horizon: int) -> None:
+    """onnx.checker, then the contract: ``context [batch, L]`` in, ``forecast [batch, H]`` out, FP32."""
+    try:
+        onnx.checker.check_model(str(path), full_check=True)
+    except onnx.checker.ValidationError as exc:
+        raise ExportError(f"{path.name}: onnx.checker rejects the exported graph: {exc}") from None
+    graph = onnx.load(str(path), load_external_data=False).graph
+    for kind, values, name, size in (
+        ("input", graph.input, "context", context_length),
+        ("output", graph.output, "forecast", horizon),
+    ):
+        if len(values) != 1 or values[0].name != name:
+            raise ExportError(f"exported graph has {kind}s {[v.name for v in values]}, expected [{name!r}]")
+        tensor = values[0].type.tensor_type
+        dims = tensor.shape.dim
+        if tensor.elem_type != onnx.TensorProto.FLOAT or len(dims) != 2:
+            raise ExportError(f"exported {kind} {name!r} is not a 2-D float32 tensor")
+        if not dims[0].dim_param or dims[0].HasField("dim_value"):
+            raise ExportError(f"exported {kind} {name!r} has a fixed batch axis; expected a symbolic one")
+        if dims[1].dim_value != size:
+            raise ExportError(f"exported {kind} {name!r} has width {dims[1].dim_value}, expected {size}")
+
+
+def parity_windows(data: str, module: ForecastModule, count: int) -> np.ndarray:
+    """``count`` real scaled test contexts spread evenly over the test split of ``data``."""
+    from prunecast.data import prepare_windows
+
+    test = prepare_windows(data, module.context_length, module.horizon).test
+    indices = np.linspace(0, len(test) - 1, count).round().astype(np.int64)
+    contexts, _ = test.gather(indices)
+    return contexts
+
+
+def measure_parity(
+    onnx_path: Path,
+    contexts: np.ndarray,
+    reference: dict[int, np.ndarray],
+    batch_sizes: tuple[int, ...],
+    tolerance: float,
+    label: str = "FP32",
+) -> Parity:
+    """Max abs error of onnxruntime against PyTorch at each batch size; above tolerance is an ExportError."""
+    import onnxruntime as ort
+
+    session = ort.InferenceSession(str(onnx_path), providers=["CPUExecutionProvider"])
+    max_err, scale = 0.0, 1.0
+    for batch in batch_sizes:
+        got = session.run(["forecast"], {"context": contexts[:batch]})[0]
+        want = reference[batch]
+        if got.shape != want.shape:
+            raise ExportError(f"{label} ONNX gives shape {got.shape} at batch {batch}, PyTorch {want.shape}")
+        max_err = max(max_err, float(np.abs(got - want).max()))
+        scale = max(scale, float(np.abs(want).max()))
+    allowed = tolerance * scale
+    if not max_err <= allowed:  # also catches NaN
+        raise ExportError(
+            f"{label} ONNX parity fails: max abs error {max_err:.3g} over batches {list(batch_sizes)} "
+            f"exceeds {allowed:.3g} (tolerance {tolerance:g} x output scale {scale:.3g})"
+        )
+    return Parity(max_err, max_err / scale, list(batch_sizes), tolerance)
+
+
+@torch.inference_mode()
+def _torch_forecasts(
+    module: ForecastModule, contexts: np.ndarray, batch_sizes: tuple[int, ...]
+) -> dict[int, np.ndarray]:
+    return {b: module(torch.from_numpy(contexts[:b])).numpy() for b in batch_sizes}
+
+
+def _versions() -> dict[str, str]:
+    import onnxruntime
+
+    return {
+        "torch": torch.__version__,
+        "onnx": onnx.__version__,
+        "onnxruntime": onnxruntime.__version__,
+        "prunecast": version("prunecast"),
+    }
+
+
+@contextlib.contextmanager
+def _quiet_exporter():
+    """Silence the exporter's INFO chatter and warnings for the duration of one export only."""
+    loggers = [logging.getLogger(name) for name in ("onnxscript", "onnx_ir", "torch.onnx", "torch.export")]
+    levels = [lg.level for lg in loggers]
+    for lg in loggers:
+        lg.setLevel(logging.ERROR)
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            yield
+    finally:
+        for lg, level in zip(loggers, levels, strict=True):
+            lg.setLevel(level)
