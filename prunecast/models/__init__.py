@@ -7,9 +7,12 @@ from pathlib import Path
 
 from prunecast.models.base import ForecastModule, ModelAdapter, ModelError
 from prunecast.models.chronos_bolt import ChronosBoltAdapter
+from prunecast.models.timesfm import TimesFMAdapter
 from prunecast.models.ttm import TTMAdapter
 
-ADAPTERS: dict[str, ModelAdapter] = {a.family: a for a in (TTMAdapter(), ChronosBoltAdapter())}
+ADAPTERS: dict[str, ModelAdapter] = {
+    a.family: a for a in (TTMAdapter(), ChronosBoltAdapter(), TimesFMAdapter())
+}
 DEFAULT_MODEL = TTMAdapter.default_model
 
 
