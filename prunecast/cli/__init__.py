@@ -9,9 +9,9 @@ from __future__ import annotations
 import argparse
 import sys
 
-from prunecast.cli import build_engine, evaluate, export, export_triton
+from prunecast.cli import build_engine, evaluate, export, export_triton, serve
 
-COMMANDS = (evaluate, export, build_engine, export_triton)
+COMMANDS = (evaluate, serve, export, build_engine, export_triton)
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -34,7 +34,7 @@ class Histogram:
         for bound, count in zip((*self.buckets, "+Inf"), self._counts, strict=True):
             cumulative += count
             lines.append(f'{self.name}_bucket{{le="{bound}"}} {cumulative}')
-        lines += [f"{self.name}_sum {self.sum:.6f}", f"{self.name}_count {self.count}"]
+        lines += [f"{self.name}_sum {self.sum!r}", f"{self.name}_count {self.count}"]
         return lines
 
 

@@ -151,7 +151,6 @@ def create_app(forecaster: Forecaster, config: ServeConfig = ServeConfig()) -> w
     app.on_startup.append(service.on_startup)
     app.on_shutdown.append(service.on_shutdown)
     app.on_cleanup.append(service.on_cleanup)
-    app["service"] = service
     return app
 
 

@@ -1,0 +1,72 @@
+"""``prunecast serve ART_DIR``: the HTTP forecasting service with dynamic batching."""
+
+from __future__ import annotations
+
+import argparse
+
+from prunecast.cli.common import emit
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("serve", help="serve forecasts from an artifact over HTTP, with dynamic batching")
+    p.add_argument("art_dir", metavar="ART_DIR", help="artifact directory (from `prunecast export`)")
+    p.add_argument("--host", default="127.0.0.1", help="address to listen on (default 127.0.0.1)")
+    p.add_argument("--port", type=int, default=8000, help="port (default 8000; 0 picks a free one)")
+    p.add_argument("--backend", default="auto", choices=("auto", "onnxruntime", "tensorrt", "torch"))
+    p.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N (default auto)")
+    p.add_argument("--threads", type=int, default=None, help="CPU threads per batch (default: all)")
+    p.add_argument("--max-batch", type=int, default=64, help="series per model call (default 64)")
+    p.add_argument(
+        "--max-wait-ms",
+        type=float,
+        default=2.0,
+        help="longest a request waits for a batch to fill (default 2)",
+    )
+    p.add_argument(
+        "--max-queue", type=int, default=1024, help="queued requests before new ones get 503 (default 1024)"
+    )
+    p.add_argument("--timeout-s", type=float, default=None, help="default per-request timeout (default none)")
+    p.add_argument("--max-body-mb", type=float, default=8.0, help="largest request body (default 8 MB)")
+    p.add_argument("--json", action="store_true", help="print the startup line as one JSON object")
+    p.set_defaults(func=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    from prunecast.runtime import BatcherConfig, Forecaster
+    from prunecast.runtime.server import ServeConfig, serve
+
+    batcher = BatcherConfig(
+        max_batch_size=args.max_batch,
+        max_wait_ms=args.max_wait_ms,
+        max_queue=args.max_queue,
+        timeout_s=args.timeout_s,
+    )
+    config = ServeConfig(
+        host=args.host, port=args.port, batcher=batcher, max_body_bytes=int(args.max_body_mb * 1024 * 1024)
+    )
+    # spinning off: idle ORT threads would otherwise steal the CPU the event loop needs
+    forecaster = Forecaster.load(
+        args.art_dir, backend=args.backend, device=args.device, threads=args.threads, spinning=False
+    )
+
+    def ready(url: str) -> None:
+        info = {
+            "url": url,
+            **forecaster.describe(),
+            "max_batch_size": args.max_batch,
+            "max_wait_ms": args.max_wait_ms,
+        }
+        emit(
+            info,
+            args.json,
+            [
+                f"serving {info['model']} ({info['context_length']} -> {info['horizon']}) on {url}",
+                f"backend {info['backend']} on {info['device']}"
+                + (f" ({info['fallback']})" if info.get("fallback") else "")
+                + f"; batches up to {args.max_batch} series, waiting at most {args.max_wait_ms} ms",
+                "POST /v1/forecast  GET /healthz  GET /metrics; Ctrl-C stops after answering requests in flight",
+            ],
+        )
+
+    serve(forecaster, config, on_ready=ready)
+    return 0
