@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 import time
 
-from prunecast.cli.common import DEFAULT_DATA, DEFAULT_HORIZON, emit
+from prunecast.cli.common import DEFAULT_DATA, emit
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -14,7 +14,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--out", required=True, help="artifact directory to create (must not exist or be empty)")
     p.add_argument("--fp16", action="store_true", help="compute in FP16 inside; inputs/outputs stay FP32")
     p.add_argument("--opset", type=int, default=18, help="ONNX opset, 18-23 (default 18)")
-    p.add_argument("--horizon", type=int, default=DEFAULT_HORIZON, help="forecast steps (default 96)")
+    p.add_argument("--horizon", type=int, default=None, help="forecast steps (default: the model's)")
     p.add_argument("--context", type=int, default=None, help="context length (default: the model's)")
     p.add_argument("--family", default=None, help="model family, when config.json cannot tell it")
     p.add_argument(

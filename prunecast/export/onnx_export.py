@@ -22,6 +22,7 @@ import numpy as np
 import onnx
 import torch
 
+from prunecast.export.graph import check_graph
 from prunecast.export.manifest import (
     BATCH_AXIS,
     ONNX_NAME,
@@ -139,34 +140,14 @@ def export_graph(module: ForecastModule, path: Path, opset: int) -> None:
             )
             program.save(path)
     except Exception as exc:  # noqa: BLE001 - torch.export raises many kinds; all mean "cannot trace"
-        reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        root = exc
+        while root.__cause__ is not None:  # the exporter wraps the real reason
+            root = root.__cause__
+        reason = str(root).strip().splitlines()[0] if str(root).strip() else ""
         raise ExportError(
             f"cannot export the {module.family} model: its forward cannot be traced by torch.export "
-            f"({type(exc).__name__}: {reason})"
+            f"({type(root).__name__}: {reason})"
         ) from exc
-
-
-def check_graph(path: Path, context_length: int, horizon: int) -> None:
-    """onnx.checker, then the contract: ``context [batch, L]`` in, ``forecast [batch, H]`` out, FP32."""
-    try:
-        onnx.checker.check_model(str(path), full_check=True)
-    except onnx.checker.ValidationError as exc:
-        raise ExportError(f"{path.name}: onnx.checker rejects the exported graph: {exc}") from None
-    graph = onnx.load(str(path), load_external_data=False).graph
-    for kind, values, name, size in (
-        ("input", graph.input, "context", context_length),
-        ("output", graph.output, "forecast", horizon),
-    ):
-        if len(values) != 1 or values[0].name != name:
-            raise ExportError(f"exported graph has {kind}s {[v.name for v in values]}, expected [{name!r}]")
-        tensor = values[0].type.tensor_type
-        dims = tensor.shape.dim
-        if tensor.elem_type != onnx.TensorProto.FLOAT or len(dims) != 2:
-            raise ExportError(f"exported {kind} {name!r} is not a 2-D float32 tensor")
-        if not dims[0].dim_param or dims[0].HasField("dim_value"):
-            raise ExportError(f"exported {kind} {name!r} has a fixed batch axis; expected a symbolic one")
-        if dims[1].dim_value != size:
-            raise ExportError(f"exported {kind} {name!r} has width {dims[1].dim_value}, expected {size}")
 
 
 def parity_windows(data: str, module: ForecastModule, count: int) -> np.ndarray:
@@ -229,7 +210,18 @@ def _versions() -> dict[str, str]:
 @contextlib.contextmanager
 def _quiet_exporter():
     """Silence the exporter's INFO chatter and warnings for the duration of one export only."""
-    loggers = [logging.getLogger(name) for name in ("onnxscript", "onnx_ir", "torch.onnx", "torch.export")]
+    loggers = [
+        logging.getLogger(name)
+        for name in (
+            "onnxscript",
+            "onnx_ir",
+            "torch.onnx",
+            "torch.export",
+            "torch._export",
+            "torch.fx",
+            "torch._dynamo",
+        )
+    ]
     levels = [lg.level for lg in loggers]
     for lg in loggers:
         lg.setLevel(logging.ERROR)

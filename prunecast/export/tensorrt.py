@@ -16,6 +16,7 @@ import subprocess
 from dataclasses import dataclass
 from pathlib import Path
 
+from prunecast.export.graph import check_artifact_graph
 from prunecast.export.manifest import (
     ONNX_NAME,
     ArtifactError,
@@ -108,6 +109,7 @@ def build_engine(art_dir: str | Path, config: EngineConfig | None = None) -> Eng
     config.validate()
     art_dir = Path(art_dir)
     manifest = load_manifest(art_dir)  # refuses a tampered artifact before spending minutes on it
+    check_artifact_graph(art_dir, manifest)
     trt = import_tensorrt()
     capability = gpu_compute_capability()
     major = int(trt.__version__.split(".")[0])

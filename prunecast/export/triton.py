@@ -13,6 +13,7 @@ import shutil
 from dataclasses import dataclass
 from pathlib import Path
 
+from prunecast.export.graph import check_artifact_graph
 from prunecast.export.manifest import ONNX_NAME, ExportError, Manifest, load_manifest
 
 BACKENDS = ("onnxruntime", "tensorrt")
@@ -54,6 +55,7 @@ def export_triton(art_dir: str | Path, repo_dir: str | Path, config: TritonConfi
     config.validate()
     art_dir = Path(art_dir)
     manifest = load_manifest(art_dir)
+    check_artifact_graph(art_dir, manifest)
     name = config.model_name or _safe_name(art_dir.resolve().name)
     model_dir = Path(repo_dir) / name
     if model_dir.exists():
