@@ -1,0 +1,48 @@
+"""Parameter and MAC counts of a forecast module, for the model's real input shape.
+
+MACs are those of the Linear layers (the bulk of a TSFM's arithmetic; normalisation, softmax and
+activations are not multiply-accumulates), counted by hooks on one forward pass, so reshapes
+such as TTM's adaptive patching are counted exactly as they run.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from prunecast.models.base import ForecastModule
+
+
+def count_params(module: nn.Module) -> int:
+    """Number of parameters."""
+    return sum(p.numel() for p in module.parameters())
+
+
+@torch.no_grad()
+def linear_rows(module: ForecastModule, batch_size: int = 1) -> dict[str, int]:
+    """For each Linear that runs, how many input rows (vectors) it multiplies per forward pass."""
+    rows: dict[str, int] = {}
+    names = {m: n for n, m in module.named_modules() if isinstance(m, nn.Linear)}
+
+    def hook(layer, inputs, _output):
+        rows[names[layer]] = rows.get(names[layer], 0) + inputs[0].numel() // layer.in_features
+
+    handles = [m.register_forward_hook(hook) for m in names]
+    was_training = module.training
+    module.eval()
+    try:
+        module(module.example_input(batch_size))
+    finally:
+        for h in handles:
+            h.remove()
+        module.train(was_training)
+    return rows
+
+
+def count_macs(module: ForecastModule, batch_size: int = 1) -> int:
+    """Multiply-accumulates of one forward pass on a ``[batch_size, context_length]`` input."""
+    rows = linear_rows(module, batch_size)
+    return sum(
+        r * module.get_submodule(n).in_features * module.get_submodule(n).out_features
+        for n, r in rows.items()
+    )
