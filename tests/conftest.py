@@ -89,50 +89,16 @@ def small_csv(tmp_path) -> Path:
     return write_csv(tmp_path / "small.csv", rows=400)
 
 
-def build_artifact(module, art_dir: Path) -> Path:
-    """A runtime artifact (model.onnx, torch/, manifest.json) of ``module``, exported with a dynamic batch."""
-    import torch
-
-    from prunecast.compress import save_model
-    from prunecast.export.manifest import BATCH_AXIS, Manifest, Parity, TensorSpec, hash_tree
-
-    art_dir.mkdir(parents=True)
-    batch = torch.export.Dim("batch", min=1, max=4096)
-    torch.onnx.export(
-        module.eval(),
-        (module.example_input(2),),
-        str(art_dir / "model.onnx"),
-        input_names=["context"],
-        output_names=["forecast"],
-        dynamo=True,
-        dynamic_shapes=({0: batch},),
-        verbose=False,
-    )
-    save_model(module, art_dir / "torch")
-    Manifest(
-        family=module.family,
-        source_model="small-ttm",
-        context_length=module.context_length,
-        horizon=module.horizon,
-        inputs=[TensorSpec("context", [BATCH_AXIS, module.context_length])],
-        outputs=[TensorSpec("forecast", [BATCH_AXIS, module.horizon])],
-        precision="fp32",
-        parameters=sum(p.numel() for p in module.parameters()),
-        opset=18,
-        versions={"torch": torch.__version__},
-        files=hash_tree(art_dir, ["model.onnx", "torch"]),
-        parity=Parity(max_abs_err=0.0, rel_err=0.0, batch_sizes=[], tolerance=1e-4),
-    ).save(art_dir)
-    return art_dir
-
-
 @pytest.fixture(scope="session")
 def small_artifact(tmp_path_factory) -> Path:
     """An exported artifact of the small random TTM (context 64, horizon 16), shared by the runtime tests."""
     import torch
 
+    from prunecast.export import ExportConfig, export_onnx
     from prunecast.models.ttm import TTMAdapter
 
     torch.manual_seed(0)
     module = TTMAdapter().from_config(small_ttm_config(), context_length=64, horizon=16)
-    return build_artifact(module, tmp_path_factory.mktemp("artifacts") / "small_ttm")
+    art_dir = tmp_path_factory.mktemp("artifacts") / "small_ttm"
+    export_onnx(module, art_dir, ExportConfig(source_model="small-ttm"))
+    return art_dir
