@@ -243,3 +243,52 @@ def test_finetune_improves_validation_and_restores_the_best(small_ttm, small_dat
     idx = sample_indices(small_data.val, cfg.val_windows, cfg.seed)
     assert val_loss(small_ttm, small_data.val, idx) == pytest.approx(report.best_val_loss, rel=1e-6)
     assert report.best_val_loss == min([report.val_loss_before] + [e.val_loss for e in report.epochs])
+
+
+def test_cli_prune_then_finetune(small_ttm, small_data, tmp_path, capsys):
+    import json
+
+    from prunecast.cli import main
+
+    save_model(small_ttm, tmp_path / "base")
+    csv = str(small_data.benchmark.path)
+    common = ["--data", csv, "--horizon", "16", "--json"]
+    assert (
+        main(
+            [
+                "prune",
+                "--model",
+                str(tmp_path / "base"),
+                "-o",
+                str(tmp_path / "p"),
+                "--budget",
+                "0.6",
+                "--macro-batch",
+                "32",
+                *common,
+            ]
+        )
+        == 0
+    )
+    pruned = json.loads(capsys.readouterr().out)
+    assert pruned["macs_after"] <= 0.6 * pruned["macs_before"] and pruned["layers"]
+    args = [
+        "finetune",
+        "--model",
+        str(tmp_path / "p"),
+        "-o",
+        str(tmp_path / "f"),
+        "--lr",
+        "1e-3",
+        "--epochs",
+        "1",
+    ]
+    assert main([*args, "--windows-per-epoch", "64", *common]) == 0
+    tuned = json.loads(capsys.readouterr().out)
+    assert tuned["macs"] == pruned["macs_after"] and tuned["lr"] == 1e-3
+    assert load_saved(tmp_path / "f").model.config.d_model == load_saved(tmp_path / "p").model.config.d_model
+    assert (
+        main(["prune", "--model", str(tmp_path / "p"), "-o", str(tmp_path / "x"), "--budget", "2", *common])
+        == 2
+    )
+    assert "budget must be in (0, 1]" in capsys.readouterr().err

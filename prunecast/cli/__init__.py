@@ -9,9 +9,9 @@ from __future__ import annotations
 import argparse
 import sys
 
-from prunecast.cli import build_engine, evaluate, export, export_triton, serve
+from prunecast.cli import build_engine, evaluate, export, export_triton, finetune, prune, serve
 
-COMMANDS = (evaluate, serve, export, build_engine, export_triton)
+COMMANDS = (evaluate, serve, export, build_engine, export_triton, prune, finetune)
 
 
 def build_parser() -> argparse.ArgumentParser:

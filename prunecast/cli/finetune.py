@@ -1,0 +1,66 @@
+"""``prunecast finetune``: fine-tune a model (pretrained or pruned) with early stopping on validation."""
+
+from __future__ import annotations
+
+import argparse
+
+from prunecast.cli.common import add_model_data_args, emit
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("finetune", help="fine-tune a model or pruned directory; best val weights are kept")
+    add_model_data_args(p)
+    p.add_argument("--output", "-o", required=True, help="directory to save the fine-tuned model to")
+    p.add_argument("--lr", type=float, default=None, help="learning rate (default: chosen on validation)")
+    p.add_argument("--epochs", type=int, default=10)
+    p.add_argument(
+        "--windows-per-epoch", type=int, default=8192, help="training windows per epoch (0 for all)"
+    )
+    p.add_argument("--batch-size", type=int, default=64)
+    p.add_argument("--patience", type=int, default=3)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--json", action="store_true", help="print one JSON object")
+    p.set_defaults(func=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    from prunecast.compress import FinetuneConfig, count_macs, count_params, finetune, save_model
+    from prunecast.data import prepare_windows
+    from prunecast.loading import load_model
+
+    model = load_model(args.model, horizon=args.horizon, context_length=args.context, family=args.family)
+    data = prepare_windows(args.data, model.context_length, args.horizon, columns=args.columns)
+    config = FinetuneConfig(
+        lr=args.lr,
+        epochs=args.epochs,
+        windows_per_epoch=args.windows_per_epoch or None,
+        batch_size=args.batch_size,
+        patience=args.patience,
+        seed=args.seed,
+    )
+    report = finetune(model, data.train, data.val, config)
+    summary = report.to_dict()
+    save_model(
+        model,
+        args.output,
+        metadata={"source": args.model, "data": str(data.benchmark.path), "finetune": summary},
+    )
+    result = {
+        "output": args.output,
+        "model": args.model,
+        "data": str(data.benchmark.path),
+        "params": count_params(model),
+        "macs": count_macs(model),
+        **summary,
+    }
+    emit(
+        result,
+        args.json,
+        [
+            f"fine-tuned {args.model} on {data.benchmark.name}: lr {report.lr:g}, "
+            f"{len(report.epochs)} epochs ({report.seconds:.1f} s)",
+            f"val MSE {report.val_loss_before:.4f} -> {report.best_val_loss:.4f} (best epoch {report.best_epoch})",
+            f"saved to {args.output}",
+        ],
+    )
+    return 0

@@ -1,0 +1,69 @@
+"""``prunecast prune``: loss-guided structured pruning of a model to a MAC/parameter budget."""
+
+from __future__ import annotations
+
+import argparse
+
+from prunecast.cli.common import add_model_data_args, emit
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("prune", help="prune a model to a MAC or parameter budget (no fine-tuning)")
+    add_model_data_args(p)
+    p.add_argument("--output", "-o", required=True, help="directory to save the pruned model to")
+    p.add_argument("--budget", type=float, default=0.5, help="fraction of MACs/params to keep (default 0.5)")
+    p.add_argument("--target", choices=("macs", "params"), default="macs")
+    p.add_argument("--importance", choices=("loss", "loss2", "magnitude"), default="loss")
+    p.add_argument(
+        "--kinds", nargs="+", default=["mlp_hidden", "heads", "width"], help="unit kinds that may be pruned"
+    )
+    p.add_argument("--step-fraction", type=float, default=0.1, help="share of remaining units per step")
+    p.add_argument("--max-steps", type=int, default=30)
+    p.add_argument("--macro-batch", type=int, default=512, help="training windows scored per step")
+    p.add_argument("--ema-alpha", type=float, default=0.5)
+    p.add_argument("--tolerance", type=float, default=None, help="stop when val loss exceeds (1+tol) x start")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--json", action="store_true", help="print one JSON object")
+    p.set_defaults(func=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    from prunecast.compress import PruneConfig, prune, save_model
+    from prunecast.data import prepare_windows
+    from prunecast.loading import load_model
+
+    model = load_model(args.model, horizon=args.horizon, context_length=args.context, family=args.family)
+    data = prepare_windows(args.data, model.context_length, args.horizon, columns=args.columns)
+    config = PruneConfig(
+        budget=args.budget,
+        target=args.target,
+        importance=args.importance,
+        kinds=tuple(args.kinds),
+        step_fraction=args.step_fraction,
+        max_steps=args.max_steps,
+        macro_batch=args.macro_batch,
+        ema_alpha=args.ema_alpha,
+        tolerance=args.tolerance,
+        seed=args.seed,
+    )
+    report = prune(model, data.train, data.val, config)
+    summary = report.to_dict()
+    save_model(
+        model,
+        args.output,
+        metadata={"source": args.model, "data": str(data.benchmark.path), "prune": summary},
+    )
+    result = {"output": args.output, "model": args.model, "data": str(data.benchmark.path), **summary}
+    emit(
+        result,
+        args.json,
+        [
+            f"pruned {args.model} on {data.benchmark.name} in {len(report.steps)} steps ({report.seconds:.1f} s)",
+            f"MACs {report.macs_before:,} -> {report.macs_after:,} ({summary['macs_reduction']:.2f}x fewer), "
+            f"params {report.params_before:,} -> {report.params_after:,}",
+            f"val MSE {report.val_loss_before:.4f} -> {report.val_loss_after:.4f}"
+            + (" (stopped early at the tolerance)" if report.stopped_early else ""),
+            f"saved to {args.output}",
+        ],
+    )
+    return 0
