@@ -1,0 +1,199 @@
+"""Accuracy of prune-then-finetune on ETTh1-96 with TTM r2 (issue 8 benchmark).
+
+Rows: zero-shot; full fine-tuning; prune-then-finetune at several MAC budgets (loss-guided score);
+the same with Torch-Pruning's magnitude score (ablation); and DLinear trained from scratch. Every
+trained row runs over ``--seeds`` seeds (mean and std of test MSE/MAE), with parameters, MACs
+(batch 1) and wall time. The test split is only ever evaluated, never used to choose anything.
+
+    python benchmarks/accuracy.py                         # the full table (about an hour on 2 cores)
+    python benchmarks/accuracy.py --budgets 0.5 --seeds 0 # one quick row
+
+Writes ``benchmarks/results/accuracy.json`` and ``accuracy.png`` (test MSE vs MACs, and the kept
+fraction per layer of the first pruned run of each budget).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import statistics
+import time
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from prunecast.compress import FinetuneConfig, PruneConfig, count_macs, count_params, finetune, prune
+from prunecast.data import prepare_windows
+from prunecast.evaluate import evaluate
+from prunecast.models import ForecastModule, load_pretrained
+
+RESULTS = Path(__file__).resolve().parent / "results"
+MODEL = "ibm-granite/granite-timeseries-ttm-r2"
+
+
+class DLinear(ForecastModule):
+    """DLinear (Zeng et al., 2023): moving-average trend + remainder, one shared Linear each."""
+
+    family = "dlinear"
+
+    def __init__(self, context_length: int, horizon: int, kernel: int = 25):
+        super().__init__(nn.ModuleDict(), context_length, horizon)
+        self.kernel = kernel
+        self.model["trend"] = nn.Linear(context_length, horizon)
+        self.model["seasonal"] = nn.Linear(context_length, horizon)
+
+    def forward(self, context: torch.Tensor) -> torch.Tensor:
+        pad = (self.kernel - 1) // 2
+        padded = torch.cat(
+            [context[:, :1].expand(-1, pad), context, context[:, -1:].expand(-1, self.kernel - 1 - pad)],
+            dim=1,
+        )
+        trend = padded.unfold(1, self.kernel, 1).mean(-1)
+        return self.model["trend"](trend) + self.model["seasonal"](context - trend)
+
+    def config_dict(self) -> dict:
+        return {"kernel": self.kernel}
+
+
+def run_row(name: str, build, data, seeds, prune_cfg=None, ft_cfg=None, do_finetune=True) -> dict:
+    runs = []
+    for seed in seeds:
+        torch.manual_seed(seed)
+        module = build()
+        start = time.perf_counter()
+        prune_report = None
+        if prune_cfg is not None:
+            prune_report = prune(module, data.train, data.val, PruneConfig(**{**prune_cfg, "seed": seed}))
+        ft_report = None
+        if do_finetune:
+            ft_report = finetune(
+                module, data.train, data.val, FinetuneConfig(**{**(ft_cfg or {}), "seed": seed})
+            )
+        seconds = time.perf_counter() - start
+        metrics = evaluate(module, data.test)
+        run = {
+            "seed": seed,
+            "test_mse": metrics.mse,
+            "test_mae": metrics.mae,
+            "params": count_params(module),
+            "macs": count_macs(module),
+            "seconds": seconds,
+        }
+        if prune_report is not None:
+            run["prune"] = {
+                "seconds": prune_report.seconds,
+                "steps": len(prune_report.steps),
+                "macs_reduction": prune_report.macs_before / prune_report.macs_after,
+                "val_loss_before": prune_report.val_loss_before,
+                "val_loss_after": prune_report.val_loss_after,
+                "layers": [vars(layer) for layer in prune_report.layers],
+                "d_model": getattr(getattr(module.model, "config", None), "d_model", None),
+                "decoder_d_model": getattr(getattr(module.model, "config", None), "decoder_d_model", None),
+            }
+        if ft_report is not None:
+            run["finetune"] = {
+                "seconds": ft_report.seconds,
+                "lr": ft_report.lr,
+                "best_epoch": ft_report.best_epoch,
+                "best_val_loss": ft_report.best_val_loss,
+            }
+        runs.append(run)
+        print(
+            f"{name} seed {seed}: MSE {metrics.mse:.4f} MAE {metrics.mae:.4f} ({seconds:.0f} s)", flush=True
+        )
+    mses = [r["test_mse"] for r in runs]
+    maes = [r["test_mae"] for r in runs]
+    return {
+        "name": name,
+        "test_mse_mean": statistics.mean(mses),
+        "test_mse_std": statistics.stdev(mses) if len(mses) > 1 else 0.0,
+        "test_mae_mean": statistics.mean(maes),
+        "test_mae_std": statistics.stdev(maes) if len(maes) > 1 else 0.0,
+        "params": runs[0]["params"],
+        "macs": runs[0]["macs"],
+        "seconds_mean": statistics.mean(r["seconds"] for r in runs),
+        "runs": runs,
+    }
+
+
+def plot(result: dict, path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    rows = [r for r in result["rows"] if r["name"] != "DLinear"]
+    pruned = [r for r in rows if r["runs"][0].get("prune")]
+    fig, axes = plt.subplots(1, 2, figsize=(13, 4.5))
+    for r in rows:
+        axes[0].errorbar(r["macs"] / 1e6, r["test_mse_mean"], yerr=r["test_mse_std"], fmt="o", capsize=3)
+        axes[0].annotate(r["name"], (r["macs"] / 1e6, r["test_mse_mean"]), fontsize=7)
+    axes[0].set_xlabel("MACs per window (millions)")
+    axes[0].set_ylabel("test MSE (ETTh1-96)")
+    axes[0].set_title("TTM r2: accuracy vs compute")
+    for r in pruned:
+        layers = r["runs"][0]["prune"]["layers"]
+        axes[1].plot([layer["kept"] / layer["original"] for layer in layers], marker=".", label=r["name"])
+    if pruned:
+        names = [layer["name"].replace("model.", "").replace("mlp_mixer_encoder.", "") for layer in layers]
+        axes[1].set_xticks(range(len(names)), names, rotation=90, fontsize=5)
+    axes[1].set_ylabel("kept fraction")
+    axes[1].set_title("kept fraction per pruning group")
+    axes[1].legend(fontsize=7)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("--budgets", type=float, nargs="+", default=[0.5, 0.35, 0.25])
+    parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
+    parser.add_argument(
+        "--ablation-budget", type=float, default=0.5, help="magnitude ablation budget (0: skip)"
+    )
+    parser.add_argument("--skip-full", action="store_true", help="skip the full fine-tuning baseline")
+    parser.add_argument("--output", default=str(RESULTS / "accuracy.json"))
+    args = parser.parse_args()
+
+    data = prepare_windows("ETTh1", 512, 96)
+    ttm = lambda: load_pretrained(MODEL, horizon=96)  # noqa: E731
+    rows = [run_row("zero-shot", ttm, data, [0], do_finetune=False)]
+    if not args.skip_full:
+        rows.append(run_row("full fine-tune", ttm, data, args.seeds))
+    for budget in args.budgets:
+        rows.append(
+            run_row(f"prune {budget:g} + ft (loss)", ttm, data, args.seeds, prune_cfg={"budget": budget})
+        )
+        _save(args.output, rows, args)
+    if args.ablation_budget:
+        cfg = {"budget": args.ablation_budget, "importance": "magnitude"}
+        rows.append(
+            run_row(f"prune {args.ablation_budget:g} + ft (magnitude)", ttm, data, args.seeds, prune_cfg=cfg)
+        )
+    dlinear_ft = {"lr_candidates": (1e-3, 3e-3, 1e-2), "epochs": 10}
+    rows.append(run_row("DLinear", lambda: DLinear(512, 96), data, args.seeds, ft_cfg=dlinear_ft))
+    _save(args.output, rows, args)
+
+
+def _save(output: str, rows: list[dict], args) -> None:
+    result = {
+        "benchmark": "ETTh1, horizon 96, context 512, test split (scaled), TTM r2",
+        "machine": f"{platform.processor() or platform.machine()}, {os.cpu_count()} CPU cores, torch threads "
+        f"{torch.get_num_threads()} (shared with other jobs)",
+        "defaults": {"prune": vars(PruneConfig()), "finetune": vars(FinetuneConfig())},
+        "args": vars(args),
+        "rows": rows,
+    }
+    Path(output).parent.mkdir(parents=True, exist_ok=True)
+    Path(output).write_text(json.dumps(result, indent=2, default=str))
+    plot(result, Path(output).with_suffix(".png"))
+    print(f"wrote {output}", flush=True)
+
+
+if __name__ == "__main__":
+    main()
