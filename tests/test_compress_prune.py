@@ -292,3 +292,16 @@ def test_cli_prune_then_finetune(small_ttm, small_data, tmp_path, capsys):
         == 2
     )
     assert "budget must be in (0, 1]" in capsys.readouterr().err
+
+
+def test_r2_width_removal_through_three_patching_levels(pretrained_ttm):
+    """TTM r2 splits d_model 192 into 4 chunks of 48 at its finest level: removal must stay exact."""
+    module = copy.deepcopy(pretrained_ttm).double().eval()
+    group = next(g for g in module.pruning_spec().groups if g.name == "encoder.d_model")
+    assert group.units == 48 and group.config_scale == 4
+    units = list(range(0, 48, 3))
+    x = torch.randn(3, 512, dtype=torch.float64)
+    ref = _reference_without(module, group, units)(x)
+    remove_units(module, group, units)
+    assert module.model.config.d_model == 128 and module.model.backbone.encoder.patcher.out_features == 128
+    torch.testing.assert_close(module(x), ref, rtol=0, atol=1e-9)
