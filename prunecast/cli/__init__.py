@@ -9,9 +9,9 @@ from __future__ import annotations
 import argparse
 import sys
 
-from prunecast.cli import build_engine, evaluate, export, export_triton, finetune, prune, serve
+from prunecast.cli import bench, build_engine, evaluate, export, export_triton, finetune, prune, run, serve
 
-COMMANDS = (evaluate, serve, export, build_engine, export_triton, prune, finetune)
+COMMANDS = (run, evaluate, prune, finetune, export, build_engine, export_triton, bench, serve)
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -1,0 +1,80 @@
+"""``prunecast run``: the main job, end to end, on defaults that need no arguments."""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+from prunecast.cli.common import DEFAULT_DATA, DEFAULT_HORIZON, emit
+from prunecast.models import DEFAULT_MODEL
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser(
+        "run",
+        help="zero-shot eval, prune, fine-tune, export, latency benchmark and report, end to end",
+    )
+    p.add_argument(
+        "--model", default=DEFAULT_MODEL, help=f"HF id or local directory (default {DEFAULT_MODEL})"
+    )
+    p.add_argument(
+        "--data", default=DEFAULT_DATA, help=f"benchmark CSV or bundled name (default {DEFAULT_DATA})"
+    )
+    p.add_argument("--horizon", type=int, default=DEFAULT_HORIZON)
+    p.add_argument("--budget", type=float, default=None, help="fraction of MACs to keep (default: prune's)")
+    p.add_argument("--importance", choices=("loss", "loss2", "magnitude"), default="loss")
+    p.add_argument("--epochs", type=int, default=None, help="fine-tuning epochs (default: finetune's)")
+    p.add_argument("--compare-full-finetune", action="store_true", help="also fine-tune the unpruned model")
+    p.add_argument("--test-limit", type=int, default=None, help="evaluate only the first N test windows")
+    p.add_argument(
+        "--batches", type=int, nargs="+", default=None, help="latency batch sizes (default 1 8 64 256)"
+    )
+    p.add_argument("--threads", type=int, default=None, help="CPU threads for every backend (default 2)")
+    p.add_argument(
+        "--out", type=Path, default=Path("runs/latest"), help="output directory (default runs/latest)"
+    )
+    p.add_argument("--json", action="store_true", help="print the report's headline figures as JSON")
+    p.set_defaults(func=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    from dataclasses import replace
+
+    from prunecast.bench import BenchConfig
+    from prunecast.compress import FinetuneConfig, PruneConfig
+    from prunecast.pipeline import RunConfig
+    from prunecast.pipeline import run as run_pipeline
+
+    prune_cfg = PruneConfig(importance=args.importance)
+    if args.budget is not None:
+        prune_cfg = replace(prune_cfg, budget=args.budget)
+    ft_cfg = FinetuneConfig() if args.epochs is None else FinetuneConfig(epochs=args.epochs)
+    bench_cfg = BenchConfig()
+    if args.batches:
+        bench_cfg = replace(bench_cfg, batch_sizes=tuple(args.batches))
+    if args.threads:
+        bench_cfg = replace(bench_cfg, threads=args.threads)
+    config = RunConfig(
+        out=args.out,
+        model=args.model,
+        data=args.data,
+        horizon=args.horizon,
+        prune=prune_cfg,
+        finetune=ft_cfg,
+        compare_full_finetune=args.compare_full_finetune,
+        test_limit=args.test_limit,
+        bench=bench_cfg,
+    )
+    report = run_pipeline(config)
+    headline = {
+        v: {k: report[v][k] for k in ("mse", "mae", "params", "macs")}
+        for v in ("zero_shot", "full_finetune", "pruned_finetune")
+        if v in report
+    }
+    emit(
+        {"out": str(args.out), **headline, "speedups": report["speedups"]},
+        args.json,
+        [f"{v}: MSE {h['mse']:.4f}  MAE {h['mae']:.4f}  MACs {h['macs']:,}" for v, h in headline.items()]
+        + [f"report: {args.out / 'report.md'}"],
+    )
+    return 0

@@ -1,0 +1,151 @@
+"""``prunecast run``: the whole prune-then-finetune job on one benchmark, ending in a report.
+
+Stages: zero-shot test accuracy -> (optional) full fine-tuning baseline -> loss-guided
+progressive pruning -> fine-tuning of the pruned model -> test accuracy -> ONNX export of the
+original and pruned models with parity -> latency of both on every backend -> report.json,
+report.md and plots. The test split is only ever evaluated, never used to choose anything.
+"""
+
+from __future__ import annotations
+
+import copy
+import sys
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from prunecast.bench import BenchConfig, bench
+from prunecast.compress import (
+    FinetuneConfig,
+    PruneConfig,
+    count_macs,
+    count_params,
+    finetune,
+    prune,
+    save_model,
+)
+from prunecast.data import prepare_windows
+from prunecast.evaluate import evaluate
+from prunecast.loading import load_model
+from prunecast.models import DEFAULT_MODEL, ForecastModule
+
+VARIANTS = ("zero_shot", "full_finetune", "pruned_finetune")
+
+
+@dataclass
+class RunConfig:
+    """Everything ``prunecast run`` does, with defaults for TTM r2 on the bundled ETTh1, horizon 96."""
+
+    out: Path
+    model: str = DEFAULT_MODEL
+    data: str = "ETTh1"
+    horizon: int = 96
+    prune: PruneConfig = field(default_factory=PruneConfig)
+    finetune: FinetuneConfig = field(default_factory=FinetuneConfig)
+    compare_full_finetune: bool = False
+    test_limit: int | None = None
+    """Evaluate only the first N test windows (quick runs); None: the whole test split."""
+    bench: BenchConfig = field(default_factory=BenchConfig)
+    examples: int = 3
+    """Test series drawn in the forecast plot."""
+
+
+def run(config: RunConfig, log=None) -> dict:
+    """Run every stage, write ``config.out``, and return the report as a dict."""
+    log = log or _stderr
+    out = Path(config.out)
+    out.mkdir(parents=True, exist_ok=True)
+    started = time.perf_counter()
+    stages = 6 + int(config.compare_full_finetune)
+    stage = iter(range(1, stages + 1))
+
+    log(f"[{next(stage)}/{stages}] loading {config.model} and {config.data}; zero-shot test evaluation")
+    original = load_model(config.model, horizon=config.horizon)
+    data = prepare_windows(config.data, original.context_length, config.horizon)
+    report: dict = {
+        "model": config.model,
+        "data": str(data.benchmark.path),
+        "horizon": config.horizon,
+        "context_length": original.context_length,
+        "test_windows": len(data.test)
+        if config.test_limit is None
+        else min(config.test_limit, len(data.test)),
+    }
+    variants: dict[str, ForecastModule] = {"zero_shot": original}
+    report["zero_shot"] = _accuracy(original, data.test, config.test_limit)
+
+    if config.compare_full_finetune:
+        log(f"[{next(stage)}/{stages}] full fine-tuning baseline")
+        full = copy.deepcopy(original)
+        ft = finetune(full, data.train, data.val, config.finetune)
+        report["full_finetune"] = {**_accuracy(full, data.test, config.test_limit), "finetune": ft.to_dict()}
+        variants["full_finetune"] = full
+
+    log(
+        f"[{next(stage)}/{stages}] loss-guided progressive pruning (budget {config.prune.budget} of {config.prune.target})"
+    )
+    pruned = copy.deepcopy(original)
+    pr = prune(pruned, data.train, data.val, config.prune)
+    log(f"[{next(stage)}/{stages}] fine-tuning the pruned model")
+    ft = finetune(pruned, data.train, data.val, config.finetune)
+    model_dir = save_model(pruned, out / "pruned_model", metadata={"source_model": config.model})
+    report["pruned_finetune"] = {
+        **_accuracy(pruned, data.test, config.test_limit),
+        "model_dir": model_dir.name,
+        "prune": pr.to_dict(),
+        "finetune": ft.to_dict(),
+    }
+    variants["pruned_finetune"] = pruned
+
+    log(f"[{next(stage)}/{stages}] ONNX export of the original and pruned models, with parity")
+    from prunecast.export.onnx_export import ExportConfig, export_onnx
+
+    artifacts = out / "artifacts"
+    report["export"] = {}
+    for name, module in (("original", original), ("pruned", pruned)):
+        manifest = export_onnx(
+            module, artifacts / name, ExportConfig(source_model=config.model, data=config.data)
+        )
+        report["export"][name] = {"artifact": f"artifacts/{name}", "parity": asdict(manifest.parity)}
+
+    log(
+        f"[{next(stage)}/{stages}] latency of original vs pruned on {', '.join(config.bench.backends or ('every backend',))}"
+    )
+    timing = bench({"original": artifacts / "original", "pruned": artifacts / "pruned"}, config.bench)
+    report["latency"] = timing["rows"]
+    report["speedups"] = timing["speedups"]
+    report["machine"] = timing["machine"]
+    report["bench_config"] = timing["config"]
+
+    log(f"[{next(stage)}/{stages}] report and plots")
+    report["seconds"] = round(time.perf_counter() - started, 1)
+    from prunecast.report import write_report
+
+    write_report(report, out, _examples(variants, data.test, config.examples), pr.layers)
+    log(f"done in {report['seconds']} s: {out / 'report.md'}")
+    return report
+
+
+def _accuracy(module: ForecastModule, windows, limit: int | None) -> dict:
+    metrics = evaluate(module, windows, limit=limit)
+    return {**metrics.to_dict(), "params": count_params(module), "macs": count_macs(module)}
+
+
+@torch.inference_mode()
+def _examples(variants: dict[str, ForecastModule], windows, count: int) -> dict:
+    """A few test series spread over the split, with every variant's forecast of them."""
+    indices = np.linspace(0, len(windows) - 1, count + 2)[1:-1].round().astype(np.int64)
+    contexts, truths = windows.gather(indices)
+    x = torch.from_numpy(contexts)
+    return {
+        "contexts": contexts,
+        "truths": truths,
+        "forecasts": {name: m.eval()(x).numpy() for name, m in variants.items()},
+    }
+
+
+def _stderr(message: str) -> None:
+    print(message, file=sys.stderr, flush=True)
