@@ -9,11 +9,12 @@ Shutdown stops listening first and answers every request already accepted before
 from __future__ import annotations
 
 import asyncio
-import json
 import signal
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
+import numpy as np
+import orjson
 from aiohttp import web
 
 from prunecast.runtime.batcher import BatcherClosed, BatcherConfig, MicroBatcher, Overloaded, RequestTimeout
@@ -58,7 +59,10 @@ class _Service:
             batch, timeout_s = await self._parse(request)
             series = len(batch)
             out = await self.batcher.submit(batch, timeout_s)
-            body = json.dumps({"forecast": out.tolist(), "model": self.model})
+            body = orjson.dumps(
+                {"forecast": np.ascontiguousarray(out), "model": self.model},
+                option=orjson.OPT_SERIALIZE_NUMPY,
+            )
             response = web.Response(body=body, content_type="application/json")
         except _Refused as refused:
             response = _error(refused.status, str(refused), refused.headers)
@@ -89,8 +93,8 @@ class _Service:
         except web.HTTPRequestEntityTooLarge:
             raise _Refused(413, f"request body is over the {limit}-byte limit") from None
         try:
-            payload = json.loads(raw)
-        except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+            payload = orjson.loads(raw)
+        except orjson.JSONDecodeError as exc:
             raise _Refused(400, f"body is not valid JSON: {exc}") from None
         if not isinstance(payload, dict) or "series" not in payload:
             raise InputError('expected a JSON object {"series": [[...], ...]}')
