@@ -2,6 +2,7 @@
 
 import json
 
+import numpy as np
 import pytest
 import torch
 
@@ -159,3 +160,60 @@ def test_mismatched_weights_are_named(tmp_path, bolt):
 def test_context_longer_than_the_checkpoint_reads_is_an_error():
     with pytest.raises(ModelError, match="context length 512 is outside 1..256"):
         ChronosBoltAdapter().from_config(small_bolt_config(), context_length=512, horizon=16)
+
+
+def test_spec_groups_are_exact_by_zeroing_and_removable(bolt):
+    """Every FFN / patch-embedding group of the spec: zeroing its first units equals removing them."""
+    from prunecast.compress.groups import remove_units, tp_group
+
+    spec = bolt.pruning_spec()
+    assert {g.kind for g in spec.groups} == {"mlp_hidden"} and len(spec.groups) == 6
+    x = torch.randn(4, 64)
+    x[1, 3] = float("nan")
+    with torch.no_grad():
+        for group in spec.groups:
+            for dep, idxs in tp_group(bolt, group, range(5)):
+                layer = dep.target.module
+                if dep.handler.__name__.endswith("out_channels"):
+                    layer.weight[idxs] = 0
+                    if layer.bias is not None:
+                        layer.bias[idxs] = 0
+                else:
+                    layer.weight[:, idxs] = 0
+        before = bolt(x)
+        for group in spec.groups:
+            remove_units(bolt, group, range(5))
+        torch.testing.assert_close(bolt(x), before, atol=1e-5, rtol=1e-5)
+    assert bolt.config_dict()["prunecast_structure"]["input_hidden"] == 59
+
+
+def test_pruned_model_saves_loads_and_exports_with_parity(tmp_path, bolt):
+    """prune -> forward at several batch sizes -> save/load -> ONNX export -> onnxruntime parity."""
+    from prunecast.compress import save_model
+    from prunecast.compress.groups import remove_units
+    from prunecast.export.onnx_export import ExportConfig, export_onnx
+    from prunecast.loading import load_model
+
+    bolt.horizon = 16
+    for attention in _attentions(bolt.model):
+        keep_heads(attention, [0, 2])
+    for group in bolt.pruning_spec().groups:
+        remove_units(bolt, group, range(0, group.units, 2))
+    with torch.no_grad():
+        for batch in (1, 5, 17):
+            assert bolt(torch.randn(batch, 64)).shape == (batch, 16)
+    save_model(bolt, tmp_path / "pruned")
+    loaded = load_model(str(tmp_path / "pruned"))
+    x = torch.randn(3, 64)
+    x[0, :9] = float("nan")
+    with torch.no_grad():
+        torch.testing.assert_close(loaded(x), bolt(x))
+    manifest = export_onnx(loaded, tmp_path / "art", ExportConfig(batch_sizes=(1, 7, 33)))
+    assert manifest.parity.max_abs_err < 1e-4
+
+    import onnxruntime as ort
+
+    session = ort.InferenceSession(str(tmp_path / "art" / "model.onnx"), providers=["CPUExecutionProvider"])
+    got = session.run(["forecast"], {"context": x.numpy()})[0]
+    assert np.isfinite(got).all(), "NaN in the context must keep working in the exported graph"
+    np.testing.assert_allclose(got, loaded(x).detach().numpy(), atol=1e-4)

@@ -49,13 +49,13 @@ def small_timesfm_config(layers: int = 2, heads: int = 4, dims: int = 32, hidden
     }
 
 
-def make(context: int = 64, horizon: int = 40):
+def make(context: int = 64, horizon: int = 40, std: float = 0.3):
     """A random model whose every weight matters (the package zero-initialises its RMSNorm scales)."""
     torch.manual_seed(0)
     module = TimesFMAdapter().from_config(small_timesfm_config(), context_length=context, horizon=horizon)
     with torch.no_grad():
         for p in module.parameters():
-            p.normal_(0, 0.3)
+            p.normal_(0, std)
     return module
 
 
@@ -143,3 +143,52 @@ def test_bad_inputs_are_named(tmp_path):
     (tmp_path / "model.safetensors").write_bytes(b"not safetensors")
     with pytest.raises(ModelError, match="cannot be read as safetensors"):
         load_pretrained(str(tmp_path), family="timesfm")
+
+
+def test_spec_groups_are_exact_by_zeroing_and_removable():
+    from prunecast.compress.groups import remove_units, tp_group
+
+    module = make()
+    spec = module.pruning_spec()
+    assert {g.kind for g in spec.groups} == {"mlp_hidden"} and len(spec.groups) == 5
+    x = torch.randn(4, 64)
+    with torch.no_grad():
+        for group in spec.groups:
+            for dep, idxs in tp_group(module, group, range(4)):
+                layer = dep.target.module
+                if dep.handler.__name__.endswith("out_channels"):
+                    layer.weight[idxs] = 0
+                    if layer.bias is not None:
+                        layer.bias[idxs] = 0
+                else:
+                    layer.weight[:, idxs] = 0
+        before = module(x)
+        for group in spec.groups:
+            remove_units(module, group, range(4))
+        torch.testing.assert_close(module(x), before, atol=1e-5, rtol=1e-5)
+    definition = module.config_dict()["definition"]
+    assert definition["tokenizer"]["hidden_dims"] == 28
+
+
+def test_pruned_model_saves_loads_and_exports_with_parity(tmp_path):
+    """prune -> forward at several batch sizes -> save/load -> ONNX export (dynamic batch) -> parity."""
+    from prunecast.compress import save_model
+    from prunecast.compress.groups import remove_units
+    from prunecast.export.onnx_export import ExportConfig, export_onnx
+    from prunecast.loading import load_model
+
+    module = make(context=64, horizon=16, std=0.1)  # tamer activations: float32 rounding stays ~1e-6
+    for layer in module.model.stacked_xf:
+        keep_heads(layer, [1, 3])
+    for group in module.pruning_spec().groups:
+        remove_units(module, group, range(0, group.units, 2))
+    with torch.no_grad():
+        for batch in (1, 5, 17):
+            assert module(torch.randn(batch, 64)).shape == (batch, 16)
+    save_model(module, tmp_path / "pruned")
+    loaded = load_model(str(tmp_path / "pruned"))
+    x = torch.randn(3, 64)
+    with torch.no_grad():
+        torch.testing.assert_close(loaded(x), module(x))
+    manifest = export_onnx(loaded, tmp_path / "art", ExportConfig(batch_sizes=(1, 7, 33)))
+    assert manifest.parity.max_abs_err < 1e-4 * max(1.0, float(loaded(x).abs().max()))

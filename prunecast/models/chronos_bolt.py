@@ -25,7 +25,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from prunecast.models.base import ForecastModule, ModelAdapter, ModelError
+from prunecast.models.base import ForecastModule, ModelAdapter, ModelError, PruneGroup, PruningSpec, Slice
 
 STRUCTURE_KEY = "prunecast_structure"
 # save_pretrained drops these copies of the shared (tied) embedding
@@ -71,6 +71,46 @@ class ChronosBoltForecast(ForecastModule):
         config[STRUCTURE_KEY] = structure(self.model)
         return config
 
+    def pruning_spec(self) -> PruningSpec:
+        """FFN hidden channels of every encoder and decoder block, and the hidden channels of the
+        input and output patch-embedding residual blocks.
+
+        Attention heads are pruned by :func:`keep_heads` (with their rows of the layer's bias
+        table); they are not offered here because a head spans an ``nn.Embedding`` (the bias
+        rows) and two cached sizes (``n_heads``, ``inner_dim``), which the slice spec cannot express.
+        """
+        groups = []
+        for stack in ("encoder", "decoder"):
+            for i, block in enumerate(getattr(self.model, stack).block):
+                dense = _ffn(block.layer[-1])
+                path = f"model.{stack}.block.{i}.layer.{len(block.layer) - 1}.DenseReluDense"
+                inputs = [n for n in ("wi", "wi_0", "wi_1") if hasattr(dense, n)]
+                groups.append(
+                    PruneGroup(
+                        name=f"{path}.hidden",
+                        kind="mlp_hidden",
+                        units=dense.wo.in_features,
+                        slices=tuple(Slice(f"{path}.{n}", "out") for n in inputs)
+                        + (Slice(f"{path}.wo", "in"),),
+                        exact_by_zeroing=True,
+                    )
+                )
+        for name in ("input_patch_embedding", "output_patch_embedding"):
+            block = getattr(self.model, name)
+            groups.append(
+                PruneGroup(
+                    name=f"model.{name}.hidden",
+                    kind="mlp_hidden",
+                    units=block.hidden_layer.out_features,
+                    slices=(
+                        Slice(f"model.{name}.hidden_layer", "out"),
+                        Slice(f"model.{name}.output_layer", "in"),
+                    ),
+                    exact_by_zeroing=True,
+                )
+            )
+        return PruningSpec(groups=tuple(groups))
+
     def save_pretrained(self, directory: str | Path) -> None:
         """A Hugging Face-style directory (config with the per-layer structure, safetensors weights)
         that :meth:`ChronosBoltAdapter.load` reads back, pruned or not."""
@@ -94,6 +134,8 @@ def structure(model) -> dict:
             }
             for b in model.decoder.block
         ],
+        "input_hidden": model.input_patch_embedding.hidden_layer.out_features,
+        "output_hidden": model.output_patch_embedding.hidden_layer.out_features,
     }
 
 
@@ -124,6 +166,13 @@ def keep_ffn(dense, keep: list[int]) -> None:
         if hasattr(dense, name):
             setattr(dense, name, _select_linear(getattr(dense, name), index, dim=0))
     dense.wo = _select_linear(dense.wo, index, dim=1)
+
+
+def keep_hidden(block, keep: list[int]) -> None:
+    """Keep only hidden channels ``keep`` of a Chronos-Bolt residual block (patch embeddings)."""
+    index = torch.tensor(keep, dtype=torch.long)
+    block.hidden_layer = _select_linear(block.hidden_layer, index, dim=0)
+    block.output_layer = _select_linear(block.output_layer, index, dim=1)
 
 
 def _select_linear(linear: nn.Linear, index: torch.Tensor, dim: int) -> nn.Linear:
@@ -177,6 +226,9 @@ def _apply_structure(model, record: dict) -> None:
             if stack.is_decoder:
                 keep_heads(block.layer[1].EncDecAttention, list(range(int(spec["cross_heads"]))))
             keep_ffn(_ffn(block.layer[-1]), list(range(int(spec["d_ff"]))))
+    for name, key in (("input_patch_embedding", "input_hidden"), ("output_patch_embedding", "output_hidden")):
+        if key in record:
+            keep_hidden(getattr(model, name), list(range(int(record[key]))))
 
 
 class ChronosBoltAdapter(ModelAdapter):

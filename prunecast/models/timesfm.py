@@ -23,7 +23,7 @@ from pathlib import Path
 
 import torch
 
-from prunecast.models.base import ForecastModule, ModelAdapter, ModelError
+from prunecast.models.base import ForecastModule, ModelAdapter, ModelError, PruneGroup, PruningSpec, Slice
 
 MODEL_TYPE = "timesfm_2p5"
 WEIGHTS = "model.safetensors"
@@ -177,16 +177,47 @@ class TimesFMForecast(ForecastModule):
         return outputs[:, -1]
 
     def config_dict(self) -> dict:
-        return {
-            "model_type": MODEL_TYPE,
-            "definition": dataclasses.asdict(self.model.config),
-            "layers": [
-                {"num_heads": layer.attn.num_heads, "hidden_dims": layer.ff0.out_features}
-                for layer in self.model.stacked_xf
-            ],
-            "flip_invariance": self.flip_invariance,
-            "infer_is_positive": self.infer_is_positive,
-        }
+        # read from the tensors, so that pruned widths anywhere are always recorded
+        config = config_from_state(self.model.state_dict())
+        config["flip_invariance"] = self.flip_invariance
+        config["infer_is_positive"] = self.infer_is_positive
+        return config
+
+    def pruning_spec(self) -> PruningSpec:
+        """FFN hidden channels of every transformer layer, and the hidden channels of the
+        tokenizer and both output residual blocks.
+
+        Attention heads are pruned by :func:`keep_heads` (head dims kept whole for RoPE); they are
+        not offered here because a head is three strided blocks of the fused QKV projection and
+        two cached sizes (``num_heads``, ``in_features``), which the slice spec cannot express.
+        """
+        groups = []
+        for i, layer in enumerate(self.model.stacked_xf):
+            path = f"model.stacked_xf.{i}"
+            groups.append(
+                PruneGroup(
+                    name=f"{path}.ffn",
+                    kind="mlp_hidden",
+                    units=layer.ff0.out_features,
+                    slices=(Slice(f"{path}.ff0", "out"), Slice(f"{path}.ff1", "in")),
+                    exact_by_zeroing=True,
+                )
+            )
+        for name in ("tokenizer", "output_projection_point", "output_projection_quantiles"):
+            block = getattr(self.model, name)
+            groups.append(
+                PruneGroup(
+                    name=f"model.{name}.hidden",
+                    kind="mlp_hidden",
+                    units=block.hidden_layer.out_features,
+                    slices=(
+                        Slice(f"model.{name}.hidden_layer", "out"),
+                        Slice(f"model.{name}.output_layer", "in"),
+                    ),
+                    exact_by_zeroing=True,
+                )
+            )
+        return PruningSpec(groups=tuple(groups))
 
     def save_pretrained(self, directory: str | Path) -> None:
         """``config.json`` and ``model.safetensors`` that :meth:`TimesFMAdapter.load` reads back."""
