@@ -196,7 +196,15 @@ def small_data(tmp_path_factory):
 @pytest.mark.parametrize("importance", ["loss", "loss2", "magnitude"])
 def test_prune_meets_the_budget_and_stays_consistent(small_ttm, small_data, importance, tmp_path):
     macs0 = count_macs(small_ttm)
-    cfg = PruneConfig(budget=0.5, importance=importance, macro_batch=64, micro_batch=32, per_sample_batch=8)
+    cfg = PruneConfig(
+        budget=0.5,
+        importance=importance,
+        step_fraction=0.25,
+        macro_batch=64,
+        micro_batch=32,
+        per_sample_batch=8,
+        val_windows=256,
+    )
     report = prune(small_ttm, small_data.train, small_data.val, cfg)
     module = report.module
     assert module is small_ttm
@@ -221,7 +229,7 @@ def test_prune_meets_the_budget_and_stays_consistent(small_ttm, small_data, impo
 
 
 def test_prune_tolerance_keeps_the_last_state_within_it(small_ttm, small_data):
-    cfg = PruneConfig(budget=0.05, tolerance=0.0, macro_batch=64, micro_batch=32)
+    cfg = PruneConfig(budget=0.05, tolerance=0.0, macro_batch=64, micro_batch=32, val_windows=256)
     report = prune(small_ttm, small_data.train, small_data.val, cfg)
     assert report.stopped_early
     assert report.val_loss_after <= report.val_loss_before * (1 + 1e-9) or not report.steps[:-1]
