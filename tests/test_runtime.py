@@ -401,11 +401,39 @@ def test_close_answers_everything_queued_then_refuses_new_work():
     assert run(scenario()) < 2
 
 
+@pytest.mark.parametrize("slots", [1, 2])
+def test_concurrent_batches_bounds_the_model_calls_in_flight(slots):
+    lock = threading.Lock()
+    state = {"now": 0, "most": 0}
+
+    def slow(batch: np.ndarray) -> np.ndarray:
+        with lock:
+            state["now"] += 1
+            state["most"] = max(state["most"], state["now"])
+        time.sleep(0.05)
+        with lock:
+            state["now"] -= 1
+        return batch[:, :2]
+
+    async def scenario():
+        batcher = MicroBatcher(slow, BatcherConfig(max_batch_size=1, max_wait_ms=0, concurrent_batches=slots))
+        await batcher.start()
+        outs = await asyncio.gather(*(batcher.submit(rows(i)) for i in range(6)))
+        await batcher.close()
+        return outs
+
+    outs = run(scenario())
+    assert [o[0, 0] for o in outs] == list(range(6))
+    assert state["most"] == slots
+
+
 def test_batcher_config_is_checked():
     with pytest.raises(ValueError, match="max_batch_size"):
         BatcherConfig(max_batch_size=0)
     with pytest.raises(ValueError, match="max_queue"):
         BatcherConfig(max_queue=0)
+    with pytest.raises(ValueError, match="concurrent_batches"):
+        BatcherConfig(concurrent_batches=0)
     with warnings.catch_warnings():
         warnings.simplefilter("error")
         BatcherConfig(max_wait_ms=0)

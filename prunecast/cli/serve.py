@@ -25,6 +25,12 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument(
         "--max-queue", type=int, default=1024, help="queued requests before new ones get 503 (default 1024)"
     )
+    p.add_argument(
+        "--concurrent-batches",
+        type=int,
+        default=1,
+        help="model calls in flight at once (default 1; e.g. 2 with --threads 1 on a busy 2-core CPU)",
+    )
     p.add_argument("--timeout-s", type=float, default=None, help="default per-request timeout (default none)")
     p.add_argument("--max-body-mb", type=float, default=8.0, help="largest request body (default 8 MB)")
     p.add_argument("--json", action="store_true", help="print the startup line as one JSON object")
@@ -40,6 +46,7 @@ def run(args: argparse.Namespace) -> int:
         max_wait_ms=args.max_wait_ms,
         max_queue=args.max_queue,
         timeout_s=args.timeout_s,
+        concurrent_batches=args.concurrent_batches,
     )
     config = ServeConfig(
         host=args.host, port=args.port, batcher=batcher, max_body_bytes=int(args.max_body_mb * 1024 * 1024)
@@ -55,6 +62,7 @@ def run(args: argparse.Namespace) -> int:
             **forecaster.describe(),
             "max_batch_size": args.max_batch,
             "max_wait_ms": args.max_wait_ms,
+            "concurrent_batches": args.concurrent_batches,
         }
         emit(
             info,

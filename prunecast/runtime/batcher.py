@@ -34,12 +34,16 @@ class BatcherClosed(RuntimeError):
 class BatcherConfig:
     """``max_batch_size``: series per model call. ``max_wait_ms``: how long the oldest request
     may wait for others. ``max_queue``: requests waiting before new ones are refused.
-    ``timeout_s``: default per-request timeout (None: wait as long as it takes)."""
+    ``timeout_s``: default per-request timeout (None: wait as long as it takes).
+    ``concurrent_batches``: model calls in flight at once; 1 suits a backend that uses every
+    core for one batch, more suit a GPU or single-threaded CPU sessions (like Triton's
+    instance count)."""
 
     max_batch_size: int = 64
     max_wait_ms: float = 2.0
     max_queue: int = 1024
     timeout_s: float | None = None
+    concurrent_batches: int = 1
 
     def __post_init__(self) -> None:
         if self.max_batch_size < 1:
@@ -48,6 +52,8 @@ class BatcherConfig:
             raise ValueError(f"max_wait_ms must be >= 0, got {self.max_wait_ms}")
         if self.max_queue < 1:
             raise ValueError(f"max_queue must be at least 1, got {self.max_queue}")
+        if self.concurrent_batches < 1:
+            raise ValueError(f"concurrent_batches must be at least 1, got {self.concurrent_batches}")
         if self.timeout_s is not None and self.timeout_s <= 0:
             raise ValueError(f"timeout_s must be positive, got {self.timeout_s}")
 
@@ -81,6 +87,7 @@ class MicroBatcher:
         self._wakeup: asyncio.Event | None = None
         self._worker: asyncio.Task | None = None
         self._executor: ThreadPoolExecutor | None = None
+        self._running: set[asyncio.Task] = set()
         self._closing = False
 
     @property
@@ -93,7 +100,9 @@ class MicroBatcher:
         if self._worker is not None:
             raise RuntimeError("batcher already started")
         self._wakeup = asyncio.Event()
-        self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="prunecast-batch")
+        self._executor = ThreadPoolExecutor(
+            max_workers=self.config.concurrent_batches, thread_name_prefix="prunecast-batch"
+        )
         self._worker = asyncio.get_running_loop().create_task(self._work(), name="prunecast-batcher")
 
     async def submit(self, batch: np.ndarray, timeout_s: float | None = None) -> np.ndarray:
@@ -132,15 +141,30 @@ class MicroBatcher:
         self._closing = True
         self._wakeup.set()
         await self._worker
+        if self._running:
+            await asyncio.gather(*self._running)
         self._executor.shutdown(wait=True)
 
     async def _work(self) -> None:
         loop = asyncio.get_running_loop()
+        slots = asyncio.Semaphore(self.config.concurrent_batches)
+        while True:
+            await slots.acquire()  # a model slot is free: gather the next batch for it
+            items = await self._next_batch(loop)
+            if not items:  # closing, and nothing left
+                return
+            task = loop.create_task(self._run_batch(loop, items))
+            self._running.add(task)
+            task.add_done_callback(self._running.discard)
+            task.add_done_callback(lambda _: slots.release())
+
+    async def _next_batch(self, loop: asyncio.AbstractEventLoop) -> list[_Pending]:
+        """Wait until ``max_batch_size`` series are queued or the oldest has waited ``max_wait_ms``."""
         max_wait = self.config.max_wait_ms / 1000
         while True:
             if not self._queue:
                 if self._closing:
-                    return
+                    return []
                 self._wakeup.clear()
                 await self._wakeup.wait()
                 continue
@@ -153,7 +177,7 @@ class MicroBatcher:
                 continue
             items = self._take()
             if items:
-                await self._run_batch(loop, items)
+                return items
 
     def _take(self) -> list[_Pending]:
         """Queued requests up to ``max_batch_size`` series (at least one), skipping expired ones."""
