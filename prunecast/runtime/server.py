@@ -65,7 +65,7 @@ class _Service:
             )
             response = web.Response(body=body, content_type="application/json")
         except _Refused as refused:
-            response = _error(refused.status, str(refused), refused.headers)
+            response = _error(refused.status, str(refused))
         except InputError as exc:
             response = _error(422, str(exc))
         except Overloaded as exc:
@@ -134,10 +134,9 @@ class _Service:
 class _Refused(Exception):
     """A request refused before validation (bad JSON, too large): status and message."""
 
-    def __init__(self, status: int, message: str, headers: dict | None = None):
+    def __init__(self, status: int, message: str):
         super().__init__(message)
         self.status = status
-        self.headers = headers
 
 
 def _error(status: int, message: str, headers: dict | None = None) -> web.Response:

@@ -20,7 +20,8 @@ class OnnxRuntimeBackend(Backend):
     Thread counts are explicit (intra-op = ``options.threads``, inter-op 1: the graph is a
     chain, so parallel branches gain nothing), and spinning follows ``options.spinning``.
     The provider is read back from the session, since ONNX Runtime silently drops CUDA when
-    its libraries fail to load; a drop is reported in ``fallback`` and as a warning.
+    its libraries fail to load; a drop (CUDA asked for, or offered by ``auto``, but the CPU
+    used) is reported in ``fallback`` and as a warning.
     ``InferenceSession.run`` is thread-safe, so calls need no lock.
     """
 
@@ -42,11 +43,9 @@ class OnnxRuntimeBackend(Backend):
             session_options.add_session_config_entry("session.intra_op.allow_spinning", "0")
             session_options.add_session_config_entry("session.inter_op.allow_spinning", "0")
 
-        wants_cuda = options.device != "cpu"
         cuda_available = CUDA_EP in ort.get_available_providers()
-        providers: list = [CPU_EP]
-        if wants_cuda and cuda_available:
-            providers = [(CUDA_EP, {"device_id": options.cuda_index}), CPU_EP]
+        try_cuda = options.device != "cpu" and cuda_available
+        providers: list = [(CUDA_EP, {"device_id": options.cuda_index}), CPU_EP] if try_cuda else [CPU_EP]
         path = Path(art_dir) / ONNX_NAME
         try:
             self._session = ort.InferenceSession(str(path), session_options, providers=providers)
@@ -56,7 +55,7 @@ class OnnxRuntimeBackend(Backend):
         used = self._session.get_providers()
         on_cuda = used[0] == CUDA_EP
         self.device = f"cuda:{options.cuda_index}" if on_cuda else "cpu"
-        if options.device.startswith("cuda") and not on_cuda:
+        if not on_cuda and (try_cuda or options.device.startswith("cuda")):
             reason = (
                 "CUDAExecutionProvider failed to initialise (check the CUDA/cuDNN libraries)"
                 if cuda_available
