@@ -14,7 +14,7 @@ import aiohttp
 import numpy as np
 import pytest
 
-from prunecast.runtime import BatcherConfig, Forecaster
+from prunecast.runtime import Backend, BatcherConfig, Forecaster
 from prunecast.runtime.server import FORECAST_PATH, ServeConfig, start_server
 
 L, H = 64, 16
@@ -193,6 +193,36 @@ def test_a_full_queue_answers_503_and_a_late_request_504(forecaster):
 
     status, body = serving(forecaster, late, max_batch_size=64, max_wait_ms=500)
     assert status == 504 and "timed out" in body["error"]
+
+
+class PoisonedBackend(Backend):
+    """The real onnxruntime backend, failing any batch with a series starting at 1e6 (fault injection)."""
+
+    def __init__(self, inner: Backend):
+        self.inner, self.name, self.device, self.max_batch = inner, inner.name, inner.device, inner.max_batch
+
+    def run(self, batch: np.ndarray) -> np.ndarray:
+        if (batch[:, 0] == 1e6).any():
+            raise RuntimeError("poisoned series")
+        return self.inner.run(batch)
+
+
+def test_a_model_failure_is_a_500_for_that_request_only(forecaster):
+    poisoned = Forecaster(PoisonedBackend(forecaster.backend), forecaster.manifest, forecaster.art_dir)
+    good = [series(1, 64, seed=i) for i in range(6)]
+    bad = np.full((1, 64), 1e6)
+
+    async def scenario(session, url, server):
+        bodies = [{"series": x.tolist()} for x in good[:3]] + [{"series": bad.tolist()}]
+        bodies += [{"series": x.tolist()} for x in good[3:]]
+        return await asyncio.gather(*(post(session, url, b) for b in bodies))
+
+    replies = serving(poisoned, scenario, max_batch_size=64, max_wait_ms=50)
+    statuses = [status for status, _ in replies]
+    assert statuses == [200, 200, 200, 500, 200, 200, 200]
+    assert "poisoned series" in replies[3][1]["error"]
+    for x, (_, body) in zip(good, replies[:3] + replies[4:], strict=True):
+        np.testing.assert_allclose(np.array(body["forecast"], np.float32), forecaster.predict(x), atol=1e-6)
 
 
 def test_serve_command_shuts_down_gracefully_answering_requests_in_flight(small_artifact):
