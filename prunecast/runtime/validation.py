@@ -93,7 +93,7 @@ def _fit(values: np.ndarray, index: int, context_length: int, pad: bool) -> np.n
 def _too_short(index: int, length: int, context_length: int) -> InputError:
     return InputError(
         f"series {index}: has {length} points, fewer than the model's context length {context_length} "
-        "(pass pad=True to left-pad it with its first value)"
+        "(set pad to true to left-pad it with its first value)"
     )
 
 
