@@ -19,6 +19,7 @@ from prunecast.compress import (
     prune,
     save_model,
 )
+from prunecast.compress.cost import ACTIVATION_COST, activation_elements, latency_cost, linear_rows
 from prunecast.compress.groups import remove_units, slice_width, tp_group, unit_channels
 from prunecast.compress.importance import LossGuidedImportance
 from prunecast.compress.prune import per_sample_gradients
@@ -198,6 +199,7 @@ def test_prune_meets_the_budget_and_stays_consistent(small_ttm, small_data, impo
     macs0 = count_macs(small_ttm)
     cfg = PruneConfig(
         budget=0.5,
+        target="macs",
         importance=importance,
         step_fraction=0.25,
         macro_batch=64,
@@ -226,6 +228,19 @@ def test_prune_meets_the_budget_and_stays_consistent(small_ttm, small_data, impo
     save_model(module, tmp_path / "m")
     torch.testing.assert_close(load_saved(tmp_path / "m")(x), module(x), rtol=0, atol=0)
     assert report.to_dict()["macs_reduction"] >= 2
+
+
+def test_latency_target_meets_its_budget_and_weighs_activations(small_ttm, small_data):
+    cost0 = latency_cost(small_ttm)
+    rows = linear_rows(small_ttm)
+    assert cost0 == count_macs(small_ttm) + ACTIVATION_COST * activation_elements(small_ttm, rows)
+    cfg = PruneConfig(
+        budget=0.4, target="latency", step_fraction=0.25, macro_batch=64, micro_batch=32, val_windows=256
+    )
+    report = prune(small_ttm, small_data.train, small_data.val, cfg)
+    assert latency_cost(small_ttm) <= 0.4 * cost0
+    widths = {layer.name: layer for layer in report.layers if layer.kind == "width"}
+    assert any(w.kept < w.original for w in widths.values())
 
 
 def test_prune_tolerance_keeps_the_last_state_within_it(small_ttm, small_data):

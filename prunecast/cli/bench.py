@@ -6,7 +6,8 @@ import argparse
 import json
 from pathlib import Path
 
-from prunecast.cli.common import DEFAULT_DATA, emit
+from prunecast.cli.common import emit
+from prunecast.defaults import DEFAULT_DATA
 
 
 def register(sub: argparse._SubParsersAction) -> None:

@@ -6,10 +6,7 @@ import argparse
 import json
 import sys
 
-from prunecast.models import DEFAULT_MODEL
-
-DEFAULT_DATA = "ETTh1"
-DEFAULT_HORIZON = 96
+from prunecast.defaults import DEFAULT_DATA, DEFAULT_HORIZON, DEFAULT_MODEL
 
 
 def add_model_data_args(parser: argparse.ArgumentParser) -> None:

@@ -5,7 +5,8 @@ from __future__ import annotations
 import argparse
 import time
 
-from prunecast.cli.common import DEFAULT_DATA, emit
+from prunecast.cli.common import emit
+from prunecast.defaults import DEFAULT_DATA
 
 
 def register(sub: argparse._SubParsersAction) -> None:

@@ -10,7 +10,7 @@ from prunecast.cli.common import add_model_data_args, emit
 def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("finetune", help="fine-tune a model or pruned directory; best val weights are kept")
     add_model_data_args(p)
-    p.add_argument("--output", "-o", required=True, help="directory to save the fine-tuned model to")
+    p.add_argument("--out", "-o", dest="output", required=True, help="directory to save the fine-tuned model to")
     p.add_argument("--lr", type=float, default=None, help="learning rate (default: chosen on validation)")
     p.add_argument("--epochs", type=int, default=10)
     p.add_argument(

@@ -8,11 +8,16 @@ from prunecast.cli.common import add_model_data_args, emit
 
 
 def register(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser("prune", help="prune a model to a MAC or parameter budget (no fine-tuning)")
+    p = sub.add_parser("prune", help="prune a model to a latency, MAC or parameter budget (no fine-tuning)")
     add_model_data_args(p)
-    p.add_argument("--output", "-o", required=True, help="directory to save the pruned model to")
-    p.add_argument("--budget", type=float, default=0.5, help="fraction of MACs/params to keep (default 0.5)")
-    p.add_argument("--target", choices=("macs", "params"), default="macs")
+    p.add_argument("--out", "-o", dest="output", required=True, help="directory to save the pruned model to")
+    p.add_argument("--budget", type=float, default=0.5, help="fraction of the target to keep (default 0.5)")
+    p.add_argument(
+        "--target",
+        choices=("latency", "macs", "params"),
+        default="latency",
+        help="what the budget is a fraction of: estimated CPU latency (default), MACs or parameters",
+    )
     p.add_argument("--importance", choices=("loss", "loss2", "magnitude"), default="loss")
     p.add_argument(
         "--kinds", nargs="+", default=["mlp_hidden", "heads", "width"], help="unit kinds that may be pruned"

@@ -5,8 +5,8 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from prunecast.cli.common import DEFAULT_DATA, DEFAULT_HORIZON, emit
-from prunecast.models import DEFAULT_MODEL
+from prunecast.cli.common import emit
+from prunecast.defaults import DEFAULT_DATA, DEFAULT_HORIZON, DEFAULT_MODEL
 
 
 def register(sub: argparse._SubParsersAction) -> None:

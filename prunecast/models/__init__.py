@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+from prunecast.defaults import DEFAULT_MODEL
 from prunecast.models.base import ForecastModule, ModelAdapter, ModelError
 from prunecast.models.chronos_bolt import ChronosBoltAdapter
 from prunecast.models.timesfm import TimesFMAdapter
@@ -13,7 +14,6 @@ from prunecast.models.ttm import TTMAdapter
 ADAPTERS: dict[str, ModelAdapter] = {
     a.family: a for a in (TTMAdapter(), ChronosBoltAdapter(), TimesFMAdapter())
 }
-DEFAULT_MODEL = TTMAdapter.default_model
 
 
 def adapter_for(source: str, family: str | None = None) -> ModelAdapter:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import torch
 from tsfm_public.models.tinytimemixer import TinyTimeMixerConfig, TinyTimeMixerForPrediction
 
+from prunecast.defaults import DEFAULT_MODEL
 from prunecast.models.base import ForecastModule, ModelAdapter, ModelError, PruneGroup, PruningSpec, Slice
 
 
@@ -136,7 +137,7 @@ def _width_slices(layers: list[tuple[str, object, int]]) -> tuple[Slice, ...]:
 
 class TTMAdapter(ModelAdapter):
     family = "ttm"
-    default_model = "ibm-granite/granite-timeseries-ttm-r2"
+    default_model = DEFAULT_MODEL
 
     def load(self, source: str, horizon: int | None = None, context_length: int | None = None) -> TTMForecast:
         try:

@@ -1,0 +1,5 @@
+"""Defaults shared by the library and the command line, importable without torch."""
+
+DEFAULT_MODEL = "ibm-granite/granite-timeseries-ttm-r2"
+DEFAULT_DATA = "ETTh1"
+DEFAULT_HORIZON = 96
