@@ -162,29 +162,60 @@ def test_context_longer_than_the_checkpoint_reads_is_an_error():
         ChronosBoltAdapter().from_config(small_bolt_config(), context_length=512, horizon=16)
 
 
+def _zero_units(module, group, units):
+    """Zero the weights of ``units`` of ``group`` in every slice (Embedding: its columns)."""
+    from prunecast.compress.groups import tp_group
+
+    for dep, idxs in tp_group(module, group, units):
+        layer = dep.target.module
+        if isinstance(layer, torch.nn.Embedding):
+            layer.weight[:, idxs] = 0
+        elif dep.handler.__name__.endswith("out_channels"):
+            layer.weight[idxs] = 0
+            if layer.bias is not None:
+                layer.bias[idxs] = 0
+        else:
+            layer.weight[:, idxs] = 0
+
+
 def test_spec_groups_are_exact_by_zeroing_and_removable(bolt):
-    """Every FFN / patch-embedding group of the spec: zeroing its first units equals removing them."""
-    from prunecast.compress.groups import remove_units, tp_group
+    """Every group of the spec (heads with their bias columns, FFN, patch embeddings): zeroing
+    units equals removing them, and each layer's cached sizes and the config follow the tensors."""
+    from prunecast.compress.groups import remove_units
 
     spec = bolt.pruning_spec()
-    assert {g.kind for g in spec.groups} == {"mlp_hidden"} and len(spec.groups) == 6
+    kinds = [g.kind for g in spec.groups]
+    assert kinds.count("heads") == 6 and kinds.count("mlp_hidden") == 6 and len(kinds) == 12
+    heads = {g.name: g for g in spec.groups if g.kind == "heads"}
+    bias = heads["model.encoder.block.1.layer.0.SelfAttention.heads"]
+    assert bias.slices[-1].module.endswith("relative_attention_bias")  # every layer's own table
+    cross = heads["model.decoder.block.0.layer.1.EncDecAttention.heads"]
+    assert not any(s.module.endswith("relative_attention_bias") for s in cross.slices)
+    drop = {g.name: ([1, 2] if g.kind == "heads" else range(5)) for g in spec.groups}
     x = torch.randn(4, 64)
     x[1, 3] = float("nan")
     with torch.no_grad():
+        full = bolt(x)
         for group in spec.groups:
-            for dep, idxs in tp_group(bolt, group, range(5)):
-                layer = dep.target.module
-                if dep.handler.__name__.endswith("out_channels"):
-                    layer.weight[idxs] = 0
-                    if layer.bias is not None:
-                        layer.bias[idxs] = 0
-                else:
-                    layer.weight[:, idxs] = 0
+            _zero_units(bolt, group, drop[group.name])
         before = bolt(x)
+        assert (before - full).abs().max() > 1e-3  # the zeroed units mattered
         for group in spec.groups:
-            remove_units(bolt, group, range(5))
+            remove_units(bolt, group, drop[group.name])
         torch.testing.assert_close(bolt(x), before, atol=1e-5, rtol=1e-5)
-    assert bolt.config_dict()["prunecast_structure"]["input_hidden"] == 59
+        for batch in (1, 9):
+            assert bolt(torch.randn(batch, 64)).shape == (batch, 24)
+    d = bolt.model.config.d_kv
+    for attention in _attentions(bolt.model):
+        assert attention.n_heads == 2 and attention.inner_dim == 2 * d
+        assert attention.q.out_features == attention.o.in_features == 2 * d
+        if attention.has_relative_attention_bias:
+            assert attention.relative_attention_bias.weight.shape == (32, 2)
+    record = bolt.config_dict()["prunecast_structure"]
+    assert record["input_hidden"] == 59
+    assert [layer["heads"] for layer in record["encoder"]] == [2, 2]
+    assert [(layer["heads"], layer["cross_heads"]) for layer in record["decoder"]] == [(2, 2), (2, 2)]
+    assert {g.units for g in bolt.pruning_spec().groups if g.kind == "heads"} == {2}
 
 
 def test_pruned_model_saves_loads_and_exports_with_parity(tmp_path, bolt):
@@ -195,9 +226,7 @@ def test_pruned_model_saves_loads_and_exports_with_parity(tmp_path, bolt):
     from prunecast.loading import load_model
 
     bolt.horizon = 16
-    for attention in _attentions(bolt.model):
-        keep_heads(attention, [0, 2])
-    for group in bolt.pruning_spec().groups:
+    for group in bolt.pruning_spec().groups:  # heads from the spec: 4 -> 2, FFN and embeddings halved
         remove_units(bolt, group, range(0, group.units, 2))
     with torch.no_grad():
         for batch in (1, 5, 17):

@@ -146,15 +146,20 @@ def test_bad_inputs_are_named(tmp_path):
 
 
 def test_spec_groups_are_exact_by_zeroing_and_removable():
+    """Every group of the spec (heads as three blocks of the fused QKV, FFN, residual blocks):
+    zeroing units equals removing them, and the layers' cached sizes and config follow."""
     from prunecast.compress.groups import remove_units, tp_group
 
     module = make()
     spec = module.pruning_spec()
-    assert {g.kind for g in spec.groups} == {"mlp_hidden"} and len(spec.groups) == 5
+    kinds = [g.kind for g in spec.groups]
+    assert kinds.count("heads") == 2 and kinds.count("mlp_hidden") == 5
+    drop = {g.name: ([0, 2] if g.kind == "heads" else range(4)) for g in spec.groups}
     x = torch.randn(4, 64)
     with torch.no_grad():
+        full = module(x)
         for group in spec.groups:
-            for dep, idxs in tp_group(module, group, range(4)):
+            for dep, idxs in tp_group(module, group, drop[group.name]):
                 layer = dep.target.module
                 if dep.handler.__name__.endswith("out_channels"):
                     layer.weight[idxs] = 0
@@ -163,11 +168,33 @@ def test_spec_groups_are_exact_by_zeroing_and_removable():
                 else:
                     layer.weight[:, idxs] = 0
         before = module(x)
+        assert (before - full).abs().max() > 1e-3  # the zeroed units mattered
         for group in spec.groups:
-            remove_units(module, group, range(4))
+            remove_units(module, group, drop[group.name])
         torch.testing.assert_close(module(x), before, atol=1e-5, rtol=1e-5)
-    definition = module.config_dict()["definition"]
-    assert definition["tokenizer"]["hidden_dims"] == 28
+        for batch in (1, 9):
+            assert module(torch.randn(batch, 64)).shape == (batch, 40)
+    for layer in module.model.stacked_xf:
+        attn = layer.attn
+        assert attn.num_heads == layer.config.num_heads == 2 and attn.in_features == 2 * attn.head_dim
+        assert attn.qkv_proj.out_features == 3 * 2 * attn.head_dim == 3 * attn.out.in_features
+        assert layer.config.hidden_dims == layer.ff0.out_features == 60
+    config = module.config_dict()
+    assert config["definition"]["tokenizer"]["hidden_dims"] == 28
+    assert config["layers"] == [{"num_heads": 2, "hidden_dims": 60}] * 2
+
+
+def test_head_removal_keeps_the_right_query_key_value_blocks():
+    """Removing head 1 through the spec equals the adapter's own per-head selection (keep_heads),
+    which picks the head's block in each of the query, key and value chunks."""
+    from prunecast.compress.groups import remove_units
+
+    by_spec, by_hand = make(), make()
+    group = next(g for g in by_spec.pruning_spec().groups if g.name == "model.stacked_xf.0.heads")
+    remove_units(by_spec, group, [1])
+    keep_heads(by_hand.model.stacked_xf[0], [0, 2, 3])
+    for name, tensor in by_hand.state_dict().items():
+        torch.testing.assert_close(by_spec.state_dict()[name], tensor, rtol=0, atol=0)
 
 
 def test_pruned_model_saves_loads_and_exports_with_parity(tmp_path):
@@ -178,9 +205,7 @@ def test_pruned_model_saves_loads_and_exports_with_parity(tmp_path):
     from prunecast.loading import load_model
 
     module = make(context=64, horizon=16, std=0.1)  # tamer activations: float32 rounding stays ~1e-6
-    for layer in module.model.stacked_xf:
-        keep_heads(layer, [1, 3])
-    for group in module.pruning_spec().groups:
+    for group in module.pruning_spec().groups:  # heads from the spec: 4 -> 2, FFN and blocks halved
         remove_units(module, group, range(0, group.units, 2))
     with torch.no_grad():
         for batch in (1, 5, 17):

@@ -9,14 +9,19 @@ Taylor, ours) then score units over every coupled slice, and its pruning functio
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Sequence
 
 import torch_pruning as tp
 from torch import nn
 
-from prunecast.models.base import ForecastModule, PruneGroup, Slice
+from prunecast.models.base import Attribute, ForecastModule, PruneGroup, Slice
 
-_OUT = {nn.Linear: tp.prune_linear_out_channels, nn.LayerNorm: tp.prune_layernorm_out_channels}
+_OUT = {
+    nn.Linear: tp.prune_linear_out_channels,
+    nn.LayerNorm: tp.prune_layernorm_out_channels,
+    nn.Embedding: tp.prune_embedding_out_channels,
+}
 _IN = {nn.Linear: tp.prune_linear_in_channels}
 
 
@@ -24,17 +29,23 @@ def slice_width(layer: nn.Module, sl: Slice) -> int:
     """Channels on the sliced axis of ``layer``."""
     if isinstance(layer, nn.LayerNorm):
         return int(layer.normalized_shape[-1])
+    if isinstance(layer, nn.Embedding):
+        return int(layer.embedding_dim)
     return int(layer.out_features if sl.axis == "out" else layer.in_features)
 
 
-def unit_channels(width: int, units: int, unit: int, layout: str) -> list[int]:
-    """Channels of ``unit`` in an axis of ``width`` channels split among ``units`` units."""
-    if width % units:
-        raise ValueError(f"axis of {width} channels cannot hold {units} equal units")
-    repeat = width // units
+def unit_channels(width: int, units: int, unit: int, layout: str, chunks: int = 1) -> list[int]:
+    """Channels of ``unit`` in an axis of ``width`` channels split into ``chunks`` equal parts,
+    each shared among ``units`` units as ``layout`` says."""
+    if width % (units * chunks):
+        raise ValueError(f"axis of {width} channels cannot hold {units} equal units in {chunks} chunks")
+    part = width // chunks
+    repeat = part // units
     if layout == "interleaved":
-        return [unit + k * units for k in range(repeat)]
-    return [unit * repeat + k for k in range(repeat)]
+        inside = [unit + k * units for k in range(repeat)]
+    else:
+        inside = [unit * repeat + k for k in range(repeat)]
+    return [c * part + i for c in range(chunks) for i in inside]
 
 
 def pruning_fn(layer: nn.Module, sl: Slice):
@@ -58,7 +69,7 @@ def tp_group(module: ForecastModule, group: PruneGroup, units: Sequence[int] | N
         width = slice_width(layer, sl)
         idxs, root_idxs = [], []
         for u in units:
-            channels = unit_channels(width, group.units, u, sl.layout)
+            channels = unit_channels(width, group.units, u, sl.layout, sl.chunks)
             idxs += channels
             root_idxs += [u] * len(channels)
         out.add_dep(tp.dependency.Dependency(root_fn, fn, source=root, target=target), idxs)
@@ -83,6 +94,22 @@ def remove_units(module: ForecastModule, group: PruneGroup, units: Sequence[int]
     kept = group.units - len(units)
     if group.config_key is not None:
         setattr(module.model.config, group.config_key, kept * group.config_scale)
-        for attr in group.attributes:
-            owner, _, name = attr.rpartition(".")
-            setattr(module.get_submodule(owner), name, kept * group.config_scale)
+    for attr in group.attributes:
+        if isinstance(attr, str):
+            attr = Attribute(attr, group.config_scale)
+        set_attribute(module, attr.path, kept * attr.scale)
+
+
+def set_attribute(root: object, path: str, value: int) -> None:
+    """``root.<path> = value``; a frozen dataclass on the way (a layer's own config) is replaced
+    by an updated copy, set on its owner in turn."""
+    *owners, name = path.split(".")
+    objects = [root]
+    for part in owners:
+        objects.append(getattr(objects[-1], part))
+    for part, owner in zip(reversed([*owners, name]), reversed(objects), strict=True):
+        if dataclasses.is_dataclass(owner) and owner.__dataclass_params__.frozen:
+            value = dataclasses.replace(owner, **{part: value})
+            continue
+        setattr(owner, part, value)
+        return

@@ -24,6 +24,8 @@ def _coupled_params(dep) -> list[tuple[nn.Parameter, str, int]]:
     if isinstance(layer, nn.LayerNorm):
         params = [layer.weight, layer.bias] if layer.elementwise_affine else []
         return [(p, "out", 0) for p in params if p is not None]
+    if isinstance(layer, nn.Embedding):  # [rows, embedding_dim]: units index the columns
+        return [(layer.weight, "out", 1)]
     if dep.handler is tp.prune_linear_out_channels:
         return [(p, "out", 0) for p in (layer.weight, layer.bias) if p is not None]
     return [(layer.weight, "in", 1)]
@@ -55,8 +57,8 @@ def mask_gradients(group: tp.Group, units: int, grads: dict[nn.Parameter, torch.
                 shape = (picked.shape[0], units) if per_sample else (units,)
                 out = torch.zeros(shape, dtype=torch.float64)
             out.index_add_(out.dim() - 1, root, picked.to(torch.float64))
-    if out is None:
-        raise ValueError("group has no parameters with gradients")
+    if out is None:  # the loss does not reach these weights (an output the forecast never reads)
+        return torch.zeros(units, dtype=torch.float64)
     return out
 
 

@@ -289,6 +289,8 @@ def _unit_costs(module: ForecastModule, group: PruneGroup, rows: dict[str, int],
                     cost += ACTIVATION_COST * rows.get(sl.module, 0) * per_unit
             else:
                 cost += (other + (1 if sl.axis == "out" and layer.bias is not None else 0)) * per_unit
+        elif target == "params" and isinstance(layer, nn.Embedding):
+            cost += layer.num_embeddings * per_unit
         elif target == "params":
             cost += sum(p.shape[-1] > 0 for p in layer.parameters()) * per_unit
     return cost

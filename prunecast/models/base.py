@@ -23,17 +23,35 @@ class ModelError(ValueError):
 @dataclass(frozen=True)
 class Slice:
     """Where one pruning unit lives in one layer: ``module``'s ``axis`` (``out`` = output features,
-    rows of a Linear weight and its bias, or a LayerNorm's features; ``in`` = Linear input columns).
+    rows of a Linear weight and its bias, a LayerNorm's features, or an ``nn.Embedding``'s
+    embedding columns, such as T5's per-head relative-position-bias table; ``in`` = Linear input
+    columns).
 
     A layer whose axis has ``width`` channels holds ``width // units`` channels of each unit:
     ``interleaved`` puts unit ``u`` at ``u + k * units`` (a residual width seen through a reshape
     that splits it into chunks, or a flatten of ``[patches, d]``), ``blocked`` at ``u * (width //
-    units) + k`` (attention head ``u`` and its head dims).
+    units) + k`` (attention head ``u`` and its head dims). ``chunks`` splits the axis into that
+    many equal parts first, each laid out as ``layout`` on its own: a fused QKV projection is three
+    chunks (query, key, value), and a head is one block in each.
     """
 
     module: str
     axis: Literal["out", "in"]
     layout: Literal["interleaved", "blocked"] = "interleaved"
+    chunks: int = 1
+
+
+@dataclass(frozen=True)
+class Attribute:
+    """A cached size to rewrite when a group shrinks: ``path`` (dotted, from the forecast module;
+    may end in a field of a frozen dataclass config, which is replaced) becomes ``kept * scale``.
+
+    Attention layers cache their head count and inner width (T5 ``n_heads`` and ``inner_dim =
+    heads * d_kv``) and reshape with them, so they must follow the tensors.
+    """
+
+    path: str
+    scale: int = 1
 
 
 @dataclass(frozen=True)
@@ -44,9 +62,10 @@ class PruneGroup:
     or ``width`` (a residual stream width such as ``d_model``). ``exact_by_zeroing`` says whether
     zeroing a unit's weights already equals removing it (true for MLP hidden channels; false where
     a LayerNorm or softmax normalises over the pruned axis). ``config_key`` names the config
-    field holding ``units * config_scale`` (``d_model``), and ``attributes`` the module
-    attributes caching it, so config and tensors agree after pruning. ``min_units`` is the fewest
-    units that still make a valid architecture.
+    field holding ``units * config_scale`` (``d_model``), and ``attributes`` the sizes cached on
+    modules, so config and tensors agree after pruning: an :class:`Attribute` with its own scale,
+    or a plain path, which is set to ``units * config_scale``. ``min_units`` is the fewest units
+    that still make a valid architecture.
     """
 
     name: str
@@ -57,7 +76,7 @@ class PruneGroup:
     min_units: int = 1
     config_key: str | None = None
     config_scale: int = 1
-    attributes: tuple[str, ...] = ()
+    attributes: tuple[str | Attribute, ...] = ()
 
 
 @dataclass(frozen=True)

@@ -25,7 +25,15 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from prunecast.models.base import ForecastModule, ModelAdapter, ModelError, PruneGroup, PruningSpec, Slice
+from prunecast.models.base import (
+    Attribute,
+    ForecastModule,
+    ModelAdapter,
+    ModelError,
+    PruneGroup,
+    PruningSpec,
+    Slice,
+)
 
 STRUCTURE_KEY = "prunecast_structure"
 # save_pretrained drops these copies of the shared (tied) embedding
@@ -72,16 +80,19 @@ class ChronosBoltForecast(ForecastModule):
         return config
 
     def pruning_spec(self) -> PruningSpec:
-        """FFN hidden channels of every encoder and decoder block, and the hidden channels of the
-        input and output patch-embedding residual blocks.
+        """Attention heads of every encoder/decoder self- and cross-attention, FFN hidden channels
+        of every block, and the hidden channels of the input and output patch-embedding blocks.
 
-        Attention heads are pruned by :func:`keep_heads` (with their rows of the layer's bias
-        table); they are not offered here because a head spans an ``nn.Embedding`` (the bias
-        rows) and two cached sizes (``n_heads``, ``inner_dim``), which the slice spec cannot express.
+        A head is its ``d_kv`` rows of ``q``, ``k``, ``v``, its columns of ``o`` and, for a
+        self-attention, its column of the layer's own relative-position-bias table (see
+        :func:`make_layers_independent`); the layer's ``n_heads`` and ``inner_dim`` follow.
         """
         groups = []
         for stack in ("encoder", "decoder"):
             for i, block in enumerate(getattr(self.model, stack).block):
+                for j, name in enumerate(_block_attentions(block)):
+                    attention = getattr(block.layer[j], name)
+                    groups.append(_head_group(f"model.{stack}.block.{i}.layer.{j}.{name}", attention))
                 dense = _ffn(block.layer[-1])
                 path = f"model.{stack}.block.{i}.layer.{len(block.layer) - 1}.DenseReluDense"
                 inputs = [n for n in ("wi", "wi_0", "wi_1") if hasattr(dense, n)]
@@ -137,6 +148,30 @@ def structure(model) -> dict:
         "input_hidden": model.input_patch_embedding.hidden_layer.out_features,
         "output_hidden": model.output_patch_embedding.hidden_layer.out_features,
     }
+
+
+def _block_attentions(block) -> list[str]:
+    """Names of a T5 block's attentions, in layer order (self, then cross in a decoder)."""
+    return ["SelfAttention", "EncDecAttention"][: len(block.layer) - 1]
+
+
+def _head_group(path: str, attention) -> PruneGroup:
+    """The heads of ``attention`` (at ``path``): q/k/v rows, o columns and its bias-table column."""
+    slices = [Slice(f"{path}.{n}", "out", "blocked") for n in "qkv"] + [Slice(f"{path}.o", "in", "blocked")]
+    if attention.has_relative_attention_bias:
+        slices.append(Slice(f"{path}.relative_attention_bias", "out", "blocked"))
+    return PruneGroup(
+        name=f"{path}.heads",
+        kind="heads",
+        units=attention.n_heads,
+        slices=tuple(slices),
+        # a zero head adds nothing through o: nothing normalises across heads
+        exact_by_zeroing=True,
+        attributes=(
+            Attribute(f"{path}.n_heads"),
+            Attribute(f"{path}.inner_dim", attention.key_value_proj_dim),
+        ),
+    )
 
 
 def _ffn(layer_ff) -> nn.Module:

@@ -23,7 +23,15 @@ from pathlib import Path
 
 import torch
 
-from prunecast.models.base import ForecastModule, ModelAdapter, ModelError, PruneGroup, PruningSpec, Slice
+from prunecast.models.base import (
+    Attribute,
+    ForecastModule,
+    ModelAdapter,
+    ModelError,
+    PruneGroup,
+    PruningSpec,
+    Slice,
+)
 
 MODEL_TYPE = "timesfm_2p5"
 WEIGHTS = "model.safetensors"
@@ -184,16 +192,38 @@ class TimesFMForecast(ForecastModule):
         return config
 
     def pruning_spec(self) -> PruningSpec:
-        """FFN hidden channels of every transformer layer, and the hidden channels of the
-        tokenizer and both output residual blocks.
+        """Attention heads and FFN hidden channels of every transformer layer, and the hidden
+        channels of the tokenizer and both output residual blocks.
 
-        Attention heads are pruned by :func:`keep_heads` (head dims kept whole for RoPE); they are
-        not offered here because a head is three strided blocks of the fused QKV projection and
-        two cached sizes (``num_heads``, ``in_features``), which the slice spec cannot express.
+        A head keeps its head dims whole (RoPE rotates pairs inside a head, and the per-dim scale
+        and q/k norms are per head dim): its ``head_dim`` rows in each of the query, key and value
+        chunks of the fused projection, and its columns of ``out``. The layer's ``num_heads``,
+        ``in_features`` (the width heads are reshaped back to) and its own config follow.
         """
         groups = []
         for i, layer in enumerate(self.model.stacked_xf):
             path = f"model.stacked_xf.{i}"
+            attn = layer.attn
+            if attn.fuse_qkv:
+                projections = (Slice(f"{path}.attn.qkv_proj", "out", "blocked", chunks=3),)
+            else:
+                projections = tuple(
+                    Slice(f"{path}.attn.{n}", "out", "blocked") for n in ("query", "key", "value")
+                )
+            groups.append(
+                PruneGroup(
+                    name=f"{path}.heads",
+                    kind="heads",
+                    units=attn.num_heads,
+                    slices=projections + (Slice(f"{path}.attn.out", "in", "blocked"),),
+                    exact_by_zeroing=True,
+                    attributes=(
+                        Attribute(f"{path}.attn.num_heads"),
+                        Attribute(f"{path}.attn.in_features", attn.head_dim),
+                        Attribute(f"{path}.config.num_heads"),
+                    ),
+                )
+            )
             groups.append(
                 PruneGroup(
                     name=f"{path}.ffn",
@@ -201,6 +231,7 @@ class TimesFMForecast(ForecastModule):
                     units=layer.ff0.out_features,
                     slices=(Slice(f"{path}.ff0", "out"), Slice(f"{path}.ff1", "in")),
                     exact_by_zeroing=True,
+                    attributes=(Attribute(f"{path}.config.hidden_dims"),),
                 )
             )
         for name in ("tokenizer", "output_projection_point", "output_projection_quantiles"):
