@@ -1,5 +1,9 @@
 """``finetune(module, train, val, config)``: Adam with early stopping on validation MSE.
 
+Training minimises the model's own :meth:`~prunecast.models.base.ForecastModule.training_loss`
+(MSE of the point forecast by default; Chronos-Bolt's quantile loss), while early stopping and
+the learning-rate choice judge the point forecast's validation MSE, the metric reported.
+
 The same routine fine-tunes a pruned model and trains the full fine-tuning baseline. When no
 learning rate is given, each candidate trains briefly from the same starting weights and the
 one with the lowest validation MSE wins; the test split is never looked at. Each epoch sees a
@@ -148,7 +152,7 @@ def _train_epoch(
     seed: int,
     opt: torch.optim.Optimizer | None,
 ) -> float:
-    """One pass over a random draw of ``windows`` training windows; mean training MSE."""
+    """One pass over a random draw of ``windows`` training windows; mean training loss."""
     if opt is None:
         opt = torch.optim.Adam(module.parameters(), lr=lr, weight_decay=config.weight_decay)
     torch.manual_seed(seed)
@@ -159,7 +163,7 @@ def _train_epoch(
     batches = range(0, len(idx), config.batch_size)
     for i in progress(batches, n_batches, "finetune", config.show_progress):
         x, y = tensors(train, idx[i : i + config.batch_size])
-        loss = torch.square(module(x) - y).mean()
+        loss = module.training_loss(x, y)
         opt.zero_grad(set_to_none=True)
         loss.backward()
         opt.step()

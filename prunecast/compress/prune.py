@@ -249,7 +249,7 @@ def _scores(
     else:
         for i in range(0, len(idx), config.micro_batch):
             x, y = tensors(train, idx[i : i + config.micro_batch])
-            loss = torch.square(module(x) - y).mean() * (len(x) / len(idx))
+            loss = module.training_loss(x, y) * (len(x) / len(idx))
             loss.backward()
     scores = {g.name: importance.signed(tp_group(module, g), g.units) for g in groups}
     module.zero_grad(set_to_none=True)
@@ -257,22 +257,33 @@ def _scores(
     return scores
 
 
+class _TrainingLoss(nn.Module):
+    """``module.training_loss`` as a forward, so ``torch.func.functional_call`` can run it."""
+
+    def __init__(self, module: ForecastModule):
+        super().__init__()
+        self.module = module
+
+    def forward(self, context: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+        return self.module.training_loss(context, target)
+
+
 def per_sample_gradients(
-    module: nn.Module, x: torch.Tensor, y: torch.Tensor
+    module: ForecastModule, x: torch.Tensor, y: torch.Tensor
 ) -> dict[nn.Parameter, torch.Tensor]:
-    """Gradient of each window's own MSE, ``[samples, *param.shape]`` per parameter (``torch.func``)."""
+    """Gradient of each window's own training loss, ``[samples, *param.shape]`` per parameter
+    (``torch.func``)."""
     from torch.func import functional_call, grad, vmap
 
-    names = [n for n, p in module.named_parameters() if p.requires_grad]
-    params = {n: p.detach() for n, p in module.named_parameters() if p.requires_grad}
+    wrapper = _TrainingLoss(module)
+    params = {n: p.detach() for n, p in wrapper.named_parameters() if p.requires_grad}
 
     def loss_fn(p, xi, yi):
-        pred = functional_call(module, p, (xi.unsqueeze(0),))
-        return torch.square(pred[0] - yi).mean()
+        return functional_call(wrapper, p, (xi.unsqueeze(0), yi.unsqueeze(0)))
 
     grads = vmap(grad(loss_fn), in_dims=(None, 0, 0))(params, x, y)
-    lookup = dict(module.named_parameters())
-    return {lookup[n]: grads[n] for n in names}
+    lookup = dict(wrapper.named_parameters())
+    return {lookup[n]: grads[n] for n in params}
 
 
 def _unit_costs(module: ForecastModule, group: PruneGroup, rows: dict[str, int], target: str) -> float:

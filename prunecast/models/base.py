@@ -104,6 +104,15 @@ class ForecastModule(nn.Module, ABC):
     @abstractmethod
     def forward(self, context: torch.Tensor) -> torch.Tensor: ...
 
+    def training_loss(self, context: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+        """The scalar loss this family trains on, for ``context [B, L]`` and ``target [B, H]``.
+
+        Fine-tuning and the loss-guided pruning scores use it, so a family that was trained on its
+        own objective (Chronos-Bolt's quantile loss) keeps it; the default is the MSE of the point
+        forecast. Evaluation always uses MSE/MAE of :meth:`forward`, whatever this is.
+        """
+        return torch.square(self(context) - target).mean()
+
     @abstractmethod
     def config_dict(self) -> dict:
         """The family's own model config, as JSON-serialisable data (to rebuild the architecture)."""

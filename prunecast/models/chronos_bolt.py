@@ -66,6 +66,14 @@ class ChronosBoltForecast(ForecastModule):
             context = torch.cat([context, preds[:, self.median_index, :]], dim=-1)[:, -limit:]
         return torch.cat(blocks, dim=-1)[..., : self.horizon]
 
+    def training_loss(self, context: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+        """Chronos-Bolt's own quantile loss, as the package computes it when trained: the pinball
+        loss of every quantile on the instance-normalised target of the first ``prediction_length``
+        steps (the model's one-shot output; longer horizons are its medians fed back, not trained).
+        NaN targets are masked out."""
+        block = self.model.chronos_config.prediction_length
+        return self.model(context=context, target=target[:, :block]).loss
+
     @property
     def quantile_levels(self) -> list[float]:
         return list(self.model.chronos_config.quantiles)
