@@ -31,3 +31,12 @@ def emit(result: dict, as_json: bool, lines: list[str]) -> None:
     else:
         print("\n".join(lines))
     sys.stdout.flush()
+
+
+def load_model_and_data(args: argparse.Namespace):
+    """The model and the benchmark windows that :func:`add_model_data_args` describe."""
+    from prunecast.data import prepare_windows
+    from prunecast.loading import load_model
+
+    model = load_model(args.model, horizon=args.horizon, context_length=args.context, family=args.family)
+    return model, prepare_windows(args.data, model.context_length, args.horizon, columns=args.columns)

@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 import time
 
-from prunecast.cli.common import add_model_data_args, emit
+from prunecast.cli.common import add_model_data_args, emit, load_model_and_data
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -18,12 +18,9 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from prunecast.data import prepare_windows
     from prunecast.evaluate import evaluate
-    from prunecast.loading import load_model
 
-    model = load_model(args.model, horizon=args.horizon, context_length=args.context, family=args.family)
-    data = prepare_windows(args.data, model.context_length, args.horizon, columns=args.columns)
+    model, data = load_model_and_data(args)
     start = time.perf_counter()
     metrics = evaluate(model, data.test, batch_size=args.batch_size, limit=args.limit)
     result = {

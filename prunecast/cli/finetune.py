@@ -4,13 +4,15 @@ from __future__ import annotations
 
 import argparse
 
-from prunecast.cli.common import add_model_data_args, emit
+from prunecast.cli.common import add_model_data_args, emit, load_model_and_data
 
 
 def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("finetune", help="fine-tune a model or pruned directory; best val weights are kept")
     add_model_data_args(p)
-    p.add_argument("--out", "-o", dest="output", required=True, help="directory to save the fine-tuned model to")
+    p.add_argument(
+        "--out", "-o", dest="output", required=True, help="directory to save the fine-tuned model to"
+    )
     p.add_argument("--lr", type=float, default=None, help="learning rate (default: chosen on validation)")
     p.add_argument("--epochs", type=int, default=10)
     p.add_argument(
@@ -25,11 +27,8 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 def run(args: argparse.Namespace) -> int:
     from prunecast.compress import FinetuneConfig, count_macs, count_params, finetune, save_model
-    from prunecast.data import prepare_windows
-    from prunecast.loading import load_model
 
-    model = load_model(args.model, horizon=args.horizon, context_length=args.context, family=args.family)
-    data = prepare_windows(args.data, model.context_length, args.horizon, columns=args.columns)
+    model, data = load_model_and_data(args)
     config = FinetuneConfig(
         lr=args.lr,
         epochs=args.epochs,

@@ -1,17 +1,17 @@
-"""``prunecast prune``: loss-guided structured pruning of a model to a MAC/parameter budget."""
+"""``prunecast prune``: loss-guided structured pruning of a model to a latency, MAC or parameter budget."""
 
 from __future__ import annotations
 
 import argparse
 
-from prunecast.cli.common import add_model_data_args, emit
+from prunecast.cli.common import add_model_data_args, emit, load_model_and_data
 
 
 def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("prune", help="prune a model to a latency, MAC or parameter budget (no fine-tuning)")
     add_model_data_args(p)
     p.add_argument("--out", "-o", dest="output", required=True, help="directory to save the pruned model to")
-    p.add_argument("--budget", type=float, default=0.5, help="fraction of the target to keep (default 0.5)")
+    p.add_argument("--budget", type=float, default=0.25, help="fraction of the target to keep (default 0.25)")
     p.add_argument(
         "--target",
         choices=("latency", "macs", "params"),
@@ -34,11 +34,8 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 def run(args: argparse.Namespace) -> int:
     from prunecast.compress import PruneConfig, prune, save_model
-    from prunecast.data import prepare_windows
-    from prunecast.loading import load_model
 
-    model = load_model(args.model, horizon=args.horizon, context_length=args.context, family=args.family)
-    data = prepare_windows(args.data, model.context_length, args.horizon, columns=args.columns)
+    model, data = load_model_and_data(args)
     config = PruneConfig(
         budget=args.budget,
         target=args.target,

@@ -21,7 +21,9 @@ def register(sub: argparse._SubParsersAction) -> None:
         "--data", default=DEFAULT_DATA, help=f"benchmark CSV or bundled name (default {DEFAULT_DATA})"
     )
     p.add_argument("--horizon", type=int, default=DEFAULT_HORIZON)
-    p.add_argument("--budget", type=float, default=None, help="fraction of MACs to keep (default: prune's)")
+    p.add_argument(
+        "--budget", type=float, default=None, help="fraction of the estimated latency to keep (default 0.25)"
+    )
     p.add_argument("--importance", choices=("loss", "loss2", "magnitude"), default="loss")
     p.add_argument("--epochs", type=int, default=None, help="fine-tuning epochs (default: finetune's)")
     p.add_argument("--compare-full-finetune", action="store_true", help="also fine-tune the unpruned model")

@@ -90,6 +90,18 @@ class PruningSpec:
     groups: tuple[PruneGroup, ...]
 
 
+def residual_block_hidden(path: str, block: nn.Module) -> PruneGroup:
+    """The hidden channels of a residual MLP block (``hidden_layer -> act -> output_layer``), as
+    Chronos-Bolt's patch embeddings and TimesFM's tokenizer and output projections build them."""
+    return PruneGroup(
+        name=f"{path}.hidden",
+        kind="mlp_hidden",
+        units=block.hidden_layer.out_features,
+        slices=(Slice(f"{path}.hidden_layer", "out"), Slice(f"{path}.output_layer", "in")),
+        exact_by_zeroing=True,
+    )
+
+
 class ForecastModule(nn.Module, ABC):
     """``context [B, L] -> forecast [B, H]`` over a family's own model (kept as ``self.model``)."""
 

@@ -33,6 +33,7 @@ from prunecast.models.base import (
     PruneGroup,
     PruningSpec,
     Slice,
+    residual_block_hidden,
 )
 
 STRUCTURE_KEY = "prunecast_structure"
@@ -115,19 +116,7 @@ class ChronosBoltForecast(ForecastModule):
                     )
                 )
         for name in ("input_patch_embedding", "output_patch_embedding"):
-            block = getattr(self.model, name)
-            groups.append(
-                PruneGroup(
-                    name=f"model.{name}.hidden",
-                    kind="mlp_hidden",
-                    units=block.hidden_layer.out_features,
-                    slices=(
-                        Slice(f"model.{name}.hidden_layer", "out"),
-                        Slice(f"model.{name}.output_layer", "in"),
-                    ),
-                    exact_by_zeroing=True,
-                )
-            )
+            groups.append(residual_block_hidden(f"model.{name}", getattr(self.model, name)))
         return PruningSpec(groups=tuple(groups))
 
     def save_pretrained(self, directory: str | Path) -> None:

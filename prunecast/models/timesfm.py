@@ -31,6 +31,7 @@ from prunecast.models.base import (
     PruneGroup,
     PruningSpec,
     Slice,
+    residual_block_hidden,
 )
 
 MODEL_TYPE = "timesfm_2p5"
@@ -235,19 +236,7 @@ class TimesFMForecast(ForecastModule):
                 )
             )
         for name in ("tokenizer", "output_projection_point", "output_projection_quantiles"):
-            block = getattr(self.model, name)
-            groups.append(
-                PruneGroup(
-                    name=f"model.{name}.hidden",
-                    kind="mlp_hidden",
-                    units=block.hidden_layer.out_features,
-                    slices=(
-                        Slice(f"model.{name}.hidden_layer", "out"),
-                        Slice(f"model.{name}.output_layer", "in"),
-                    ),
-                    exact_by_zeroing=True,
-                )
-            )
+            groups.append(residual_block_hidden(f"model.{name}", getattr(self.model, name)))
         return PruningSpec(groups=tuple(groups))
 
     def save_pretrained(self, directory: str | Path) -> None:
