@@ -19,7 +19,7 @@ def register(sub: argparse._SubParsersAction) -> None:
         "--windows-per-epoch", type=int, default=8192, help="training windows per epoch (0 for all)"
     )
     p.add_argument("--batch-size", type=int, default=64)
-    p.add_argument("--patience", type=int, default=3)
+    p.add_argument("--patience", type=int, default=5)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--json", action="store_true", help="print one JSON object")
     p.set_defaults(func=run)

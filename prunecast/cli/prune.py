@@ -11,7 +11,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("prune", help="prune a model to a latency, MAC or parameter budget (no fine-tuning)")
     add_model_data_args(p)
     p.add_argument("--out", "-o", dest="output", required=True, help="directory to save the pruned model to")
-    p.add_argument("--budget", type=float, default=0.25, help="fraction of the target to keep (default 0.25)")
+    p.add_argument("--budget", type=float, default=0.12, help="fraction of the target to keep (default 0.12)")
     p.add_argument(
         "--target",
         choices=("latency", "macs", "params"),

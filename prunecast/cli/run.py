@@ -22,7 +22,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     )
     p.add_argument("--horizon", type=int, default=DEFAULT_HORIZON)
     p.add_argument(
-        "--budget", type=float, default=None, help="fraction of the estimated latency to keep (default 0.25)"
+        "--budget", type=float, default=None, help="fraction of the estimated latency to keep (default 0.12)"
     )
     p.add_argument("--importance", choices=("loss", "loss2", "magnitude"), default="loss")
     p.add_argument("--epochs", type=int, default=None, help="fine-tuning epochs (default: finetune's)")
