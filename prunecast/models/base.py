@@ -20,6 +20,14 @@ class ModelError(ValueError):
     """A model cannot be loaded or used as asked; the message says why."""
 
 
+def checkpoint_error(family: str, source: str, exc: Exception) -> ModelError:
+    """Why a checkpoint did not load, with the way to load it offline."""
+    return ModelError(
+        f"cannot load {family} {source!r}: {exc}. Offline, set HF_HUB_CACHE to a cache holding it "
+        "with HF_HUB_OFFLINE=1, or pass a local directory."
+    )
+
+
 @dataclass(frozen=True)
 class Slice:
     """Where one pruning unit lives in one layer: ``module``'s ``axis`` (``out`` = output features,

@@ -33,6 +33,7 @@ from prunecast.models.base import (
     PruneGroup,
     PruningSpec,
     Slice,
+    checkpoint_error,
     residual_block_hidden,
 )
 
@@ -279,10 +280,7 @@ class ChronosBoltAdapter(ModelAdapter):
         try:
             model = ChronosBoltModelForForecasting.from_pretrained(source, attn_implementation="eager")
         except OSError as exc:
-            raise ModelError(
-                f"cannot load Chronos-Bolt {source!r}: {exc}. Offline, set HF_HUB_CACHE to a cache "
-                "holding it with HF_HUB_OFFLINE=1, or pass a local directory."
-            ) from None
+            raise checkpoint_error("Chronos-Bolt", source, exc) from None
         return self._wrap(model, horizon, context_length, source)
 
     def from_config(self, config: dict, context_length: int, horizon: int) -> ChronosBoltForecast:

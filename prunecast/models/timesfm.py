@@ -31,6 +31,7 @@ from prunecast.models.base import (
     PruneGroup,
     PruningSpec,
     Slice,
+    checkpoint_error,
     residual_block_hidden,
 )
 
@@ -288,10 +289,7 @@ class TimesFMAdapter(ModelAdapter):
             try:
                 weights = Path(hf_hub_download(source, WEIGHTS))
             except Exception as exc:  # noqa: BLE001 - unknown id, or offline without a cached copy
-                raise ModelError(
-                    f"cannot load TimesFM {source!r}: {exc}. Offline, set HF_HUB_CACHE to a cache holding it "
-                    "with HF_HUB_OFFLINE=1, or pass a local directory."
-                ) from None
+                raise checkpoint_error("TimesFM", source, exc) from None
             config = {}
         if not weights.is_file():
             raise ModelError(f"{source}: no {WEIGHTS}")

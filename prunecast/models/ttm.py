@@ -6,7 +6,15 @@ import torch
 from tsfm_public.models.tinytimemixer import TinyTimeMixerConfig, TinyTimeMixerForPrediction
 
 from prunecast.defaults import DEFAULT_MODEL
-from prunecast.models.base import ForecastModule, ModelAdapter, ModelError, PruneGroup, PruningSpec, Slice
+from prunecast.models.base import (
+    ForecastModule,
+    ModelAdapter,
+    ModelError,
+    PruneGroup,
+    PruningSpec,
+    Slice,
+    checkpoint_error,
+)
 
 
 class TTMForecast(ForecastModule):
@@ -143,10 +151,7 @@ class TTMAdapter(ModelAdapter):
         try:
             model = TinyTimeMixerForPrediction.from_pretrained(source)
         except OSError as exc:
-            raise ModelError(
-                f"cannot load TinyTimeMixer {source!r}: {exc}. Offline, set HF_HUB_CACHE to a cache "
-                "holding it with HF_HUB_OFFLINE=1, or pass a local directory."
-            ) from None
+            raise checkpoint_error("TinyTimeMixer", source, exc) from None
         return self._wrap(model, horizon, context_length, source)
 
     def from_config(self, config: dict, context_length: int, horizon: int) -> TTMForecast:
