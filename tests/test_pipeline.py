@@ -102,7 +102,7 @@ def test_bench_command_times_named_artifacts_side_by_side(quick_run, tmp_path, c
     result = json.loads(result_file.read_text())
     assert [(r["model"], r["batch"]) for r in result["rows"]] == [("orig", 2), ("small", 2)]
     assert result["speedups"]["baseline"] == "orig/onnxruntime"
-    assert set(result["speedups"]["p50_ratio"]["small/onnxruntime"]) == {2}
+    assert set(result["speedups"]["p50_ratio"]["small/onnxruntime"]) == {"2"}  # JSON keys
     assert result["machine"]["cpu_count"] >= 1
     assert "small/onnxruntime" in capsys.readouterr().out
 
