@@ -95,8 +95,11 @@ def time_candidates(candidates: list[Candidate], timing: TimingConfig = TimingCo
     return rows
 
 
-def speedups(rows: list[LatencyRow], baseline: tuple[str, str], target: tuple[str, str]) -> dict[int, float]:
-    """p50 speedup of ``target`` (model, backend) over ``baseline`` at each batch size both were timed at."""
+def speedups(rows: list[LatencyRow], baseline: tuple[str, str], target: tuple[str, str]) -> dict[str, float]:
+    """p50 speedup of ``target`` (model, backend) over ``baseline`` at each batch size both were timed at.
+
+    Keyed by the batch size as a string, as it reads back from JSON, so a report in memory and
+    the same report loaded from ``report.json`` look the same."""
     by_key = {(r.model, r.backend, r.batch): r for r in rows}
     out = {}
     for (model, backend, batch), row in by_key.items():
@@ -104,7 +107,7 @@ def speedups(rows: list[LatencyRow], baseline: tuple[str, str], target: tuple[st
             continue
         base = by_key.get((*baseline, batch))
         if base is not None:
-            out[batch] = round(base.p50_ms / row.p50_ms, 3)
+            out[str(batch)] = round(base.p50_ms / row.p50_ms, 3)
     return out
 
 

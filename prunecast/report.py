@@ -82,7 +82,7 @@ def render_markdown(report: dict) -> str:
     ratios = report["speedups"]["p50_ratio"]
     for row in report["latency"]:
         key = f"{row['model']}/{row['backend']}"
-        ratio = ratios.get(key, {}).get(str(row["batch"]), ratios.get(key, {}).get(row["batch"]))
+        ratio = ratios.get(key, {}).get(str(row["batch"]))
         parity = "" if row["parity_max_abs_err"] is None else f"{row['parity_max_abs_err']:.1e}"
         lines.append(
             f"| {row['model']} | {row['backend']} | {row['batch']} | {row['p50_ms']:.2f} | {row['p95_ms']:.2f} | "
