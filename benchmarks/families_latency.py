@@ -2,14 +2,14 @@
 
 RANDOM WEIGHTS: no real checkpoints are available offline, so this measures what the pruned
 *shapes* cost, not accuracy. Each model is built at its real size (Chronos-Bolt base, 205M
-parameters; TimesFM 2.5, 231M), then every layer keeps the same fraction of its attention heads
-and FFN hidden channels (what prunecast's head/FFN pruning removes; d_model and head dims stay
-whole), exported with the dynamo exporter, checked against PyTorch, and timed at one batch size
+parameters; TimesFM 2.5, 231M), then every layer keeps the same fraction of its attention heads,
+FFN hidden channels and patch-embedding / output-block hidden channels (the groups prunecast's
+pruning spec lists for these families; d_model and head dims stay whole), exported with the dynamo exporter, checked against PyTorch, and timed at one batch size
 in interleaved rounds so the ratios compare figures taken side by side.
 
-    python benchmarks/families_latency.py [--keep 1.0 0.5 0.25] [--batch 32] [--threads 2]
+    python benchmarks/families_latency.py [--keep 1.0 0.5 0.25 0.125] [--batch 32] [--threads 2]
 
-Writes ``benchmarks/results/families_latency.json``.
+Writes ``benchmarks/results/families_latency.json`` (rows of families not measured are kept).
 """
 
 from __future__ import annotations
@@ -26,7 +26,7 @@ import numpy as np
 import onnxruntime as ort
 import torch
 
-from prunecast.models.chronos_bolt import ChronosBoltAdapter
+from prunecast.models.chronos_bolt import ChronosBoltAdapter, keep_hidden
 from prunecast.models.chronos_bolt import keep_ffn as bolt_keep_ffn
 from prunecast.models.chronos_bolt import keep_heads as bolt_keep_heads
 from prunecast.models.timesfm import TimesFMAdapter, config_from_state
@@ -76,7 +76,15 @@ def chronos_bolt(keep: float, context: int, horizon: int):
                 bolt_keep_heads(attention, list(range(max(1, round(attention.n_heads * keep)))))
             dense = block.layer[-1].DenseReluDense
             bolt_keep_ffn(dense, list(range(max(1, round(dense.wo.in_features * keep)))))
+    _keep_blocks(module.model, ("input_patch_embedding", "output_patch_embedding"), keep)
     return module.eval()
+
+
+def _keep_blocks(model, names: tuple[str, ...], keep: float) -> None:
+    """Keep ``keep`` of the hidden channels of each residual block (both families share its layout)."""
+    for name in names:
+        block = getattr(model, name)
+        keep_hidden(block, list(range(max(1, round(block.hidden_layer.out_features * keep)))))
 
 
 def timesfm_25(keep: float, context: int, horizon: int):
@@ -93,6 +101,7 @@ def timesfm_25(keep: float, context: int, horizon: int):
     for layer in module.model.stacked_xf:
         tfm_keep_heads(layer, list(range(max(1, round(layer.attn.num_heads * keep)))))
         tfm_keep_ffn(layer, list(range(max(1, round(layer.ff0.out_features * keep)))))
+    _keep_blocks(module.model, ("tokenizer", "output_projection_point", "output_projection_quantiles"), keep)
     return module.eval()
 
 
@@ -111,7 +120,7 @@ def export(module, path: Path) -> None:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--keep", type=float, nargs="+", default=[1.0, 0.5, 0.25])
+    parser.add_argument("--keep", type=float, nargs="+", default=[1.0, 0.5, 0.25, 0.125])
     parser.add_argument("--batch", type=int, default=32)
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--context", type=int, default=512)
@@ -147,7 +156,7 @@ def main() -> None:
                 rows.append(
                     {
                         "family": family,
-                        "keep_heads_and_ffn": keep,
+                        "keep_fraction": keep,
                         "params_m": round(params / 1e6, 2),
                         "horizon": horizon,
                         "parity_max_abs_err": err,
@@ -172,17 +181,20 @@ def main() -> None:
         row["runs"] = len(times)
     for row in rows:
         base = next(
-            r for r in rows if r["family"] == row["family"] and math.isclose(r["keep_heads_and_ffn"], 1.0)
+            r for r in rows if r["family"] == row["family"] and math.isclose(r["keep_fraction"], 1.0)
         )
         row["speedup_p50"] = round(base["p50_ms"] / row["p50_ms"], 2)
         print(row)
+    if RESULTS.exists():  # keep the rows of families not measured this time
+        kept = [r for r in json.loads(RESULTS.read_text())["rows"] if r["family"] not in args.families]
+        rows = kept + rows
     RESULTS.parent.mkdir(parents=True, exist_ok=True)
     RESULTS.write_text(
         json.dumps(
             {
                 "what": "RANDOM-WEIGHT STRUCTURAL MEASUREMENT: latency of pruned shapes, not accuracy",
-                "pruning": "every layer keeps the same fraction of attention heads and FFN hidden channels; "
-                "d_model, head dims, patch embeddings and output heads kept whole",
+                "pruning": "every layer keeps the same fraction of attention heads, FFN hidden channels and "
+                "patch-embedding / output-block hidden channels; d_model and head dims kept whole",
                 "backend": "onnxruntime CPUExecutionProvider",
                 "batch": args.batch,
                 "context": args.context,
