@@ -85,6 +85,8 @@ def test_ttm_artifact_manifest(ttm_artifact, pretrained_ttm):
 
 def test_ttm_graph_has_symbolic_batch_and_parity_holds(ttm_artifact, pretrained_ttm, val_contexts):
     graph = onnx.load(ttm_artifact / "model.onnx").graph
+    ops = {node.op_type for node in graph.node}
+    assert "Gemm" in ops and "Pow" not in ops  # the export's graph rewrites ran; parity below covers them
     for value in (graph.input[0], graph.output[0]):
         batch_dim = value.type.tensor_type.shape.dim[0]
         assert batch_dim.dim_param and not batch_dim.HasField("dim_value")
@@ -118,7 +120,7 @@ def test_fp16_conversion_keeps_io_and_scaler_in_fp32(ttm_artifact, pretrained_tt
     )
     # TTM's std scaler (sums of squares, sqrt) comes before the first MatMul: outside the FP16 region
     region = fp16_region(fp32.graph)
-    first_matmul = next(i for i, n in enumerate(fp32.graph.node) if n.op_type == "MatMul")
+    first_matmul = next(i for i, n in enumerate(fp32.graph.node) if n.op_type in ("MatMul", "Gemm"))
     assert {"Sqrt", "ReduceSum"} <= {n.op_type for n in fp32.graph.node[:first_matmul]}
     assert not any(region[:first_matmul])
     session = ort.InferenceSession(fp16.SerializeToString(), providers=["CPUExecutionProvider"])

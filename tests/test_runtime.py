@@ -137,6 +137,22 @@ def test_large_batches_are_split_to_the_backend_max_and_keep_their_order(small_a
     np.testing.assert_allclose(split, one_by_one, atol=1e-5)
 
 
+def test_large_batches_run_as_parts_on_every_thread_with_the_same_forecasts(small_artifact, forecaster):
+    split = Forecaster.load(small_artifact, backend="onnxruntime", threads=3)
+    whole = Forecaster.load(small_artifact, backend="onnxruntime", threads=3, split_batches=False)
+    assert split.describe()["split_batches"] and not whole.describe()["split_batches"]
+    assert not forecaster.describe()["split_batches"]  # one thread: nothing to split across
+    parts = []
+    run_single = split.backend._run_single
+    split.backend._run_single = lambda chunk: parts.append(len(chunk)) or run_single(chunk)
+    for n, expected_parts in ((37, [12, 12, 13]), (16, [8, 8]), (15, [])):
+        parts.clear()
+        x = series(n, 70, seed=n)
+        np.testing.assert_allclose(split.predict(x), forecaster.predict(x), atol=1e-6)
+        np.testing.assert_allclose(split.predict(x), whole.predict(x), atol=1e-6)
+        assert sorted(parts) == sorted(expected_parts * 2)  # predicted twice above
+
+
 def test_predict_is_safe_from_several_threads(forecaster):
     inputs = [series(3 + i, 70, seed=i) for i in range(8)]
     expected = [forecaster.predict(x) for x in inputs]

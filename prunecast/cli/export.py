@@ -15,6 +15,12 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--out", required=True, help="artifact directory to create (must not exist or be empty)")
     p.add_argument("--fp16", action="store_true", help="compute in FP16 inside; inputs/outputs stay FP32")
     p.add_argument("--opset", type=int, default=18, help="ONNX opset, 18-23 (default 18)")
+    p.add_argument(
+        "--no-optimize",
+        dest="optimize",
+        action="store_false",
+        help="keep the exporter's graph as is (no bias-into-Gemm or square-as-Mul rewrites)",
+    )
     p.add_argument("--horizon", type=int, default=None, help="forecast steps (default: the model's)")
     p.add_argument("--context", type=int, default=None, help="context length (default: the model's)")
     p.add_argument("--family", default=None, help="model family, when config.json cannot tell it")
@@ -32,7 +38,9 @@ def run(args: argparse.Namespace) -> int:
     from prunecast.loading import load_model
 
     model = load_model(args.model, horizon=args.horizon, context_length=args.context, family=args.family)
-    config = ExportConfig(opset=args.opset, fp16=args.fp16, data=args.data, source_model=args.model)
+    config = ExportConfig(
+        opset=args.opset, optimize=args.optimize, fp16=args.fp16, data=args.data, source_model=args.model
+    )
     start = time.perf_counter()
     manifest = export_onnx(model, args.out, config)
     seconds = round(time.perf_counter() - start, 2)

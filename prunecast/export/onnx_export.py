@@ -1,7 +1,7 @@
 """``export_onnx``: a forecast module becomes a verified artifact directory.
 
-The module is exported with torch's dynamo exporter (a symbolic ``batch`` axis), checked with
-``onnx.checker``, run in onnxruntime on real scaled windows at several batch sizes against
+The module is exported with torch's dynamo exporter (a symbolic ``batch`` axis), rewritten for
+speed (:mod:`prunecast.export.optimize`), checked with ``onnx.checker``, run in onnxruntime on real scaled windows at several batch sizes against
 PyTorch, optionally converted to FP16 and checked again, and written with its PyTorch weights
 and a manifest. Everything is built in a staging directory and moved into place only when
 every check passed, so a failed export leaves nothing behind.
@@ -47,6 +47,8 @@ class ExportConfig:
     """
 
     opset: int = 18
+    optimize: bool = True
+    """Apply the graph rewrites of :mod:`prunecast.export.optimize` (bias into Gemm, square as Mul)."""
     fp16: bool = False
     tolerance: float = 1e-4
     fp16_tolerance: float = 1e-2
@@ -90,6 +92,10 @@ def _build(module: ForecastModule, stage: Path, config: ExportConfig, contexts: 
     """Write and check every file of the artifact in ``stage``."""
     onnx_path = stage / ONNX_NAME
     export_graph(module, onnx_path, config.opset)
+    if config.optimize:
+        from prunecast.export.optimize import optimize_graph
+
+        onnx.save(optimize_graph(onnx.load(onnx_path))[0], onnx_path)
     check_graph(onnx_path, module.context_length, module.horizon)
     reference = _torch_forecasts(module, contexts, config.batch_sizes)
     parity = measure_parity(onnx_path, contexts, reference, config.batch_sizes, config.tolerance)

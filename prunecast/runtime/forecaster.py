@@ -35,6 +35,7 @@ class Forecaster:
         threads: int | None = None,
         max_batch: int | None = None,
         spinning: bool = True,
+        split_batches: bool = True,
         verify: bool = True,
     ) -> Forecaster:
         """Open ``art_dir`` (checking every file's sha256 unless ``verify=False``) on ``backend``.
@@ -43,7 +44,13 @@ class Forecaster:
         :class:`~prunecast.runtime.backends.BackendOptions` for the rest.
         """
         manifest = load_manifest(art_dir, verify=verify)
-        options = BackendOptions(device=device, threads=threads, spinning=spinning, max_batch=max_batch)
+        options = BackendOptions(
+            device=device,
+            threads=threads,
+            spinning=spinning,
+            max_batch=max_batch,
+            split_batches=split_batches,
+        )
         return cls(open_backend(backend, art_dir, manifest, options), manifest, art_dir)
 
     def predict(self, series, pad: bool = False) -> np.ndarray:

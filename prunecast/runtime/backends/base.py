@@ -26,12 +26,18 @@ class BackendOptions:
     cycles from anything else in the process (an HTTP event loop, another runtime), so a
     server turns it off. ``max_batch``: the most series one backend call takes; larger
     inputs are split (default: the TensorRT profile's max, else 1024, bounding memory).
+    ``split_batches``: on the CPU with more than one thread, run a large batch as one part per
+    thread, side by side on single-threaded sessions (onnxruntime only). A small model's many
+    small ops spend more on thread hand-offs inside one session than they gain from them
+    (pruned TTM, batch 256, 2 threads: 12 ms split, 16 ms in one session); the price is a
+    second session, so the weights are in memory twice.
     """
 
     device: str = "auto"
     threads: int | None = None
     spinning: bool = True
     max_batch: int | None = None
+    split_batches: bool = True
 
     def __post_init__(self) -> None:
         kind, _, index = self.device.partition(":")

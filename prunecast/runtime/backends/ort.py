@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import warnings
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import numpy as np
@@ -12,6 +13,8 @@ from prunecast.runtime.backends.base import DEFAULT_MAX_BATCH, Backend, BackendE
 
 CUDA_EP = "CUDAExecutionProvider"
 CPU_EP = "CPUExecutionProvider"
+SPLIT_MIN_ROWS = 8
+"""Fewest series per part when a batch is split across threads (smaller parts gain nothing)."""
 
 
 class OnnxRuntimeBackend(Backend):
@@ -23,6 +26,10 @@ class OnnxRuntimeBackend(Backend):
     its libraries fail to load; a drop (CUDA asked for, or offered by ``auto``, but the CPU
     used) is reported in ``fallback`` and as a warning.
     ``InferenceSession.run`` is thread-safe, so calls need no lock.
+
+    On the CPU with ``threads > 1`` and ``options.split_batches``, a batch of at least
+    ``2 * SPLIT_MIN_ROWS`` series runs as up to ``threads`` parts at once, each on a second,
+    single-threaded session; smaller batches use the multi-threaded one.
     """
 
     name = "onnxruntime"
@@ -68,12 +75,32 @@ class OnnxRuntimeBackend(Backend):
         self.max_batch = options.max_batch or DEFAULT_MAX_BATCH
         self.threads = session_options.intra_op_num_threads
         self.providers = used
+        self._single = self._parts = None
+        if options.split_batches and not on_cuda and self.threads > 1:
+            session_options.intra_op_num_threads = 1
+            self._single = ort.InferenceSession(str(path), session_options, providers=[CPU_EP])
+            self._parts = ThreadPoolExecutor(self.threads - 1, thread_name_prefix="prunecast-ort")
 
     def run(self, batch: np.ndarray) -> np.ndarray:
-        return self._session.run(self._output_names, {self._input_name: batch})[0]
+        parts = min(self.threads, len(batch) // SPLIT_MIN_ROWS) if self._single is not None else 1
+        if parts < 2:
+            return self._session.run(self._output_names, {self._input_name: batch})[0]
+        bounds = np.linspace(0, len(batch), parts + 1).astype(int)
+        chunks = [batch[a:b] for a, b in zip(bounds[:-1], bounds[1:], strict=True)]
+        others = [self._parts.submit(self._run_single, chunk) for chunk in chunks[1:]]
+        first = self._run_single(chunks[0])  # on the caller's thread, beside the others
+        return np.concatenate([first, *(future.result() for future in others)])
+
+    def _run_single(self, chunk: np.ndarray) -> np.ndarray:
+        return self._single.run(self._output_names, {self._input_name: chunk})[0]
 
     def describe(self) -> dict:
-        return {**super().describe(), "providers": self.providers, "threads": self.threads}
+        return {
+            **super().describe(),
+            "providers": self.providers,
+            "threads": self.threads,
+            "split_batches": self._single is not None,
+        }
 
 
 def _check_signature(session, manifest: Manifest, path: Path) -> tuple[str, list[str]]:

@@ -1,0 +1,135 @@
+"""Graph rewrites that make an exported forecaster faster on onnxruntime's CPU kernels.
+
+A small (pruned) TSFM at large batches is bound by elementwise work, not by its matmuls, and
+two patterns of the dynamo exporter cost more there than they should:
+
+- every ``nn.Linear`` on a 3-D or 4-D activation becomes ``MatMul`` then a separate bias
+  ``Add`` (onnxruntime fuses the bias only into a 2-D ``Gemm``), a full extra pass over each
+  activation. Rewritten as ``Reshape -> Gemm(bias) -> Reshape``: the bias is added inside the
+  matmul kernel and the reshapes are views.
+- ``x ** 2`` in a model's own input scaler becomes ``Pow(x, 2)``, which onnxruntime computes
+  with a general power function; rewritten as ``Mul(x, x)``.
+
+On TTM r2 pruned to a latency budget of 0.12, batch 256, 2 threads, this took onnxruntime from
+24 ms to 16 ms. The rewrites use standard ONNX ops only (TensorRT parses them as well), keep
+every tensor name the rest of the graph reads, and the export's parity check runs on the
+rewritten graph.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import onnx
+from onnx import helper, numpy_helper, shape_inference
+
+
+def optimize_graph(model: onnx.ModelProto) -> tuple[onnx.ModelProto, dict[str, int]]:
+    """``model`` with the rewrites above applied (in place), and how often each applied."""
+    graph = model.graph
+    initializers = {init.name: init for init in graph.initializer}
+    shapes = _static_shapes(model)
+    consumers: dict[str, list[onnx.NodeProto]] = {}
+    for node in graph.node:
+        for name in node.input:
+            consumers.setdefault(name, []).append(node)
+    graph_outputs = {out.name for out in graph.output}
+
+    nodes: list[onnx.NodeProto] = []
+    dropped: set[int] = set()
+    counts = {"matmul_bias_to_gemm": 0, "square_to_mul": 0}
+    for node in graph.node:
+        if id(node) in dropped:
+            continue
+        if node.op_type == "Pow" and _is_scalar(initializers.get(node.input[1]), 2.0):
+            nodes.append(
+                helper.make_node("Mul", [node.input[0], node.input[0]], list(node.output), name=node.name)
+            )
+            counts["square_to_mul"] += 1
+            continue
+        bias_add = _bias_add(node, initializers, consumers, graph_outputs)
+        gemm = _as_gemm(node, bias_add, initializers, shapes.get(node.input[0]), graph) if bias_add else None
+        if gemm is not None:
+            nodes.extend(gemm)
+            dropped.add(id(bias_add))
+            counts["matmul_bias_to_gemm"] += 1
+            continue
+        nodes.append(node)
+    del graph.node[:]
+    graph.node.extend(nodes)
+    _drop_unused_initializers(graph)
+    return model, counts
+
+
+def _static_shapes(model: onnx.ModelProto) -> dict[str, list[int | None]]:
+    """Each tensor's shape from ONNX shape inference, ``None`` for a symbolic dim."""
+    inferred = shape_inference.infer_shapes(model).graph
+    shapes = {}
+    for value in [*inferred.value_info, *inferred.input, *inferred.output]:
+        tensor = value.type.tensor_type
+        if tensor.HasField("shape"):
+            shapes[value.name] = [d.dim_value if d.HasField("dim_value") else None for d in tensor.shape.dim]
+    return shapes
+
+
+def _is_scalar(init: onnx.TensorProto | None, value: float) -> bool:
+    if init is None:
+        return False
+    array = numpy_helper.to_array(init)
+    return array.size == 1 and float(array.reshape(())) == value
+
+
+def _bias_add(node, initializers, consumers, graph_outputs) -> onnx.NodeProto | None:
+    """The bias ``Add`` a ``MatMul(x, W)`` with constant 2-D ``W`` feeds alone, if there is one."""
+    if node.op_type != "MatMul" or node.input[1] not in initializers or node.output[0] in graph_outputs:
+        return None
+    weight = initializers[node.input[1]]
+    users = consumers.get(node.output[0], [])
+    if len(weight.dims) != 2 or len(users) != 1 or users[0].op_type != "Add":
+        return None
+    add = users[0]
+    others = [name for name in add.input if name != node.output[0]]
+    if len(others) != 1 or others[0] not in initializers:
+        return None
+    if list(initializers[others[0]].dims) != [weight.dims[1]]:
+        return None
+    return add
+
+
+def _as_gemm(matmul, add, initializers, x_shape, graph) -> list[onnx.NodeProto] | None:
+    """``Reshape -> Gemm -> Reshape`` for ``add(matmul(x, W), b)``, or None unless every dim of ``x``
+    but the first (the batch) is static."""
+    k, n = initializers[matmul.input[1]].dims
+    bias = next(name for name in add.input if name != matmul.output[0])
+    if not x_shape or len(x_shape) < 2 or x_shape[-1] != k or any(d is None for d in x_shape[1:-1]):
+        return None
+    inner = x_shape[1:-1]
+    if len(x_shape) == 2:
+        return [
+            helper.make_node(
+                "Gemm", [matmul.input[0], matmul.input[1], bias], list(add.output), name=matmul.name
+            )
+        ]
+    flat, unflat = f"{matmul.name}/rows_shape", f"{matmul.name}/out_shape"
+    graph.initializer.extend(
+        [
+            numpy_helper.from_array(_int64([-1, k]), flat),
+            numpy_helper.from_array(_int64([-1, *inner, n]), unflat),
+        ]
+    )
+    rows, out = f"{matmul.name}/rows", f"{matmul.name}/gemm"
+    return [
+        helper.make_node("Reshape", [matmul.input[0], flat], [rows], name=f"{matmul.name}/flatten"),
+        helper.make_node("Gemm", [rows, matmul.input[1], bias], [out], name=matmul.name),
+        helper.make_node("Reshape", [out, unflat], list(add.output), name=f"{matmul.name}/unflatten"),
+    ]
+
+
+def _int64(values: list[int]) -> np.ndarray:
+    return np.array(values, dtype=np.int64)
+
+
+def _drop_unused_initializers(graph: onnx.GraphProto) -> None:
+    used = {name for node in graph.node for name in node.input} | {out.name for out in graph.output}
+    kept = [init for init in graph.initializer if init.name in used]
+    del graph.initializer[:]
+    graph.initializer.extend(kept)
