@@ -89,8 +89,8 @@ def run(config: RunConfig, log=None) -> dict:
     )
     pruned = copy.deepcopy(original)
     pr = prune(pruned, data.train, data.val, config.prune)
-    log(f"[{next(stage)}/{stages}] fine-tuning the pruned model")
-    ft = finetune(pruned, data.train, data.val, config.finetune)
+    log(f"[{next(stage)}/{stages}] fine-tuning the pruned model, distilling from the original")
+    ft = finetune(pruned, data.train, data.val, config.finetune, teacher=original)
     model_dir = save_model(pruned, out / "pruned_model", metadata={"source_model": config.model})
     report["pruned_finetune"] = {
         **_accuracy(pruned, data.test, config.test_limit),

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import copy
+import dataclasses
 
 import pytest
 import torch
@@ -25,7 +26,8 @@ from prunecast.compress.importance import LossGuidedImportance
 from prunecast.compress.prune import per_sample_gradients
 from prunecast.compress.training import sample_indices, val_loss
 from prunecast.data import prepare_windows
-from tests.conftest import write_csv
+from prunecast.models.ttm import TTMAdapter
+from tests.conftest import small_ttm_config, write_csv
 
 
 def _batch(n=6, seed=1, dtype=torch.float64):
@@ -268,6 +270,22 @@ def test_finetune_improves_validation_and_restores_the_best(small_ttm, small_dat
     assert report.best_val_loss == min([report.val_loss_before] + [e.val_loss for e in report.epochs])
 
 
+def test_distillation_trains_toward_the_teachers_forecast(small_ttm, small_data):
+    cfg = FinetuneConfig(lr=1e-3, epochs=1, windows_per_epoch=128, batch_size=32, val_windows=64, distill=1.0)
+    teacher = copy.deepcopy(small_ttm)  # the same forecasts: all-teacher targets start at zero loss
+    plain = finetune(copy.deepcopy(small_ttm), small_data.train, small_data.val, cfg)
+    distilled = finetune(copy.deepcopy(small_ttm), small_data.train, small_data.val, cfg, teacher=teacher)
+    assert distilled.epochs[0].train_loss < 0.05 * plain.epochs[0].train_loss
+    half = dataclasses.replace(cfg, distill=0.5)
+    blended = finetune(copy.deepcopy(small_ttm), small_data.train, small_data.val, half, teacher=teacher)
+    assert distilled.epochs[0].train_loss < blended.epochs[0].train_loss < plain.epochs[0].train_loss
+    other = TTMAdapter().from_config(small_ttm_config(), context_length=64, horizon=8)
+    with pytest.raises(ValueError, match="teacher maps 64 -> 8 points"):
+        finetune(small_ttm, small_data.train, small_data.val, cfg, teacher=other)
+    with pytest.raises(ValueError, match="distill must be in"):
+        finetune(small_ttm, small_data.train, small_data.val, dataclasses.replace(cfg, distill=2))
+
+
 def test_cli_prune_then_finetune(small_ttm, small_data, tmp_path, capsys):
     import json
 
@@ -305,10 +323,13 @@ def test_cli_prune_then_finetune(small_ttm, small_data, tmp_path, capsys):
         "1e-3",
         "--epochs",
         "1",
+        "--teacher",
+        str(tmp_path / "base"),
     ]
     assert main([*args, "--windows-per-epoch", "64", *common]) == 0
     tuned = json.loads(capsys.readouterr().out)
     assert tuned["macs"] == pruned["macs_after"] and tuned["lr"] == 1e-3
+    assert tuned["teacher"] == str(tmp_path / "base") and tuned["config"]["distill"] == 0.5
     assert load_saved(tmp_path / "f").model.config.d_model == load_saved(tmp_path / "p").model.config.d_model
     assert (
         main(["prune", "--model", str(tmp_path / "p"), "-o", str(tmp_path / "x"), "--budget", "2", *common])

@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 
 from prunecast.cli.common import add_model_data_args, emit, load_model_and_data
+from prunecast.defaults import DEFAULT_DISTILL
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -21,6 +22,17 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--batch-size", type=int, default=64)
     p.add_argument("--patience", type=int, default=5)
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument(
+        "--teacher",
+        default=None,
+        help="model to distil from (HF id or directory; e.g. the model before pruning)",
+    )
+    p.add_argument(
+        "--distill",
+        type=float,
+        default=DEFAULT_DISTILL,
+        help=f"weight of the teacher's forecast in the training target (default {DEFAULT_DISTILL})",
+    )
     p.add_argument("--json", action="store_true", help="print one JSON object")
     p.set_defaults(func=run)
 
@@ -29,7 +41,13 @@ def run(args: argparse.Namespace) -> int:
     from prunecast.compress import FinetuneConfig, count_macs, count_params, finetune, save_model
 
     model, data = load_model_and_data(args)
+    teacher = None
+    if args.teacher is not None:
+        from prunecast.loading import load_model
+
+        teacher = load_model(args.teacher, horizon=model.horizon)
     config = FinetuneConfig(
+        distill=args.distill,
         lr=args.lr,
         epochs=args.epochs,
         windows_per_epoch=args.windows_per_epoch or None,
@@ -37,17 +55,23 @@ def run(args: argparse.Namespace) -> int:
         patience=args.patience,
         seed=args.seed,
     )
-    report = finetune(model, data.train, data.val, config)
+    report = finetune(model, data.train, data.val, config, teacher=teacher)
     summary = report.to_dict()
     save_model(
         model,
         args.output,
-        metadata={"source": args.model, "data": str(data.benchmark.path), "finetune": summary},
+        metadata={
+            "source": args.model,
+            "teacher": args.teacher,
+            "data": str(data.benchmark.path),
+            "finetune": summary,
+        },
     )
     result = {
         "output": args.output,
         "model": args.model,
         "data": str(data.benchmark.path),
+        "teacher": args.teacher,
         "params": count_params(model),
         "macs": count_macs(model),
         **summary,

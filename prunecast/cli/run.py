@@ -6,7 +6,7 @@ import argparse
 from pathlib import Path
 
 from prunecast.cli.common import emit
-from prunecast.defaults import DEFAULT_DATA, DEFAULT_HORIZON, DEFAULT_MODEL
+from prunecast.defaults import DEFAULT_DATA, DEFAULT_DISTILL, DEFAULT_HORIZON, DEFAULT_MODEL
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -27,6 +27,13 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--importance", choices=("loss", "loss2", "magnitude"), default="loss")
     p.add_argument("--epochs", type=int, default=None, help="fine-tuning epochs (default: finetune's)")
     p.add_argument("--compare-full-finetune", action="store_true", help="also fine-tune the unpruned model")
+    p.add_argument(
+        "--distill",
+        type=float,
+        default=DEFAULT_DISTILL,
+        help="weight of the original model's forecast in the pruned model's fine-tuning target "
+        f"(default {DEFAULT_DISTILL}; 0: the truth alone)",
+    )
     p.add_argument("--test-limit", type=int, default=None, help="evaluate only the first N test windows")
     p.add_argument(
         "--batches", type=int, nargs="+", default=None, help="latency batch sizes (default 1 8 64 256)"
@@ -50,7 +57,9 @@ def run(args: argparse.Namespace) -> int:
     prune_cfg = PruneConfig(importance=args.importance)
     if args.budget is not None:
         prune_cfg = replace(prune_cfg, budget=args.budget)
-    ft_cfg = FinetuneConfig() if args.epochs is None else FinetuneConfig(epochs=args.epochs)
+    ft_cfg = FinetuneConfig(distill=args.distill)
+    if args.epochs is not None:
+        ft_cfg = replace(ft_cfg, epochs=args.epochs)
     bench_cfg = BenchConfig()
     if args.batches:
         bench_cfg = replace(bench_cfg, batch_sizes=tuple(args.batches))
