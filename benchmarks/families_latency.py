@@ -180,9 +180,7 @@ def main() -> None:
         row["min_ms"] = round(float(np.min(times)), 1)
         row["runs"] = len(times)
     for row in rows:
-        base = next(
-            r for r in rows if r["family"] == row["family"] and math.isclose(r["keep_fraction"], 1.0)
-        )
+        base = next(r for r in rows if r["family"] == row["family"] and math.isclose(r["keep_fraction"], 1.0))
         row["speedup_p50"] = round(base["p50_ms"] / row["p50_ms"], 2)
         print(row)
     if RESULTS.exists():  # keep the rows of families not measured this time
