@@ -91,7 +91,8 @@ def render_markdown(report: dict) -> str:
     pr = report["pruned_finetune"]
     lines += [
         "",
-        f"MACs reduction {zs['macs'] / pr['macs']:.2f}x; parameters {zs['params'] / pr['params']:.2f}x fewer.",
+        f"MACs reduction {zs['macs'] / pr['macs']:.2f}x; parameters {zs['params'] / pr['params']:.2f}x fewer. "
+        f"The pruned model was fine-tuned toward {_targets(pr['finetune']['config']['distill'])}.",
         "",
         "## Plots",
         "",
@@ -103,6 +104,12 @@ def render_markdown(report: dict) -> str:
         "",
     ]
     return "\n".join(lines)
+
+
+def _targets(distill: float) -> str:
+    if distill == 0:
+        return "the truth alone (no distillation)"
+    return f"{1 - distill:g} x truth + {distill:g} x the original model's forecast (distillation)"
 
 
 def _latency_point(report: dict) -> tuple[str, int]:

@@ -68,6 +68,8 @@ def test_run_writes_every_file_with_the_documented_keys(quick_run):
         assert (out / on_disk["export"][name]["artifact"] / "model.onnx").is_file()
     md = (out / "report.md").read_text()
     assert "| pruned + fine-tune |" in md and "![forecasts](forecasts.png)" in md
+    assert on_disk["pruned_finetune"]["finetune"]["config"]["distill"] == 0.5
+    assert "0.5 x the original model's forecast (distillation)" in md
 
 
 @requires_ttm
