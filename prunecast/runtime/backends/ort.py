@@ -85,8 +85,7 @@ class OnnxRuntimeBackend(Backend):
         parts = min(self.threads, len(batch) // SPLIT_MIN_ROWS) if self._single is not None else 1
         if parts < 2:
             return self._session.run(self._output_names, {self._input_name: batch})[0]
-        bounds = np.linspace(0, len(batch), parts + 1).astype(int)
-        chunks = [batch[a:b] for a, b in zip(bounds[:-1], bounds[1:], strict=True)]
+        chunks = np.array_split(batch, parts)  # row slices: views, still C-contiguous
         others = [self._parts.submit(self._run_single, chunk) for chunk in chunks[1:]]
         first = self._run_single(chunks[0])  # on the caller's thread, beside the others
         return np.concatenate([first, *(future.result() for future in others)])
