@@ -4,8 +4,9 @@ RANDOM WEIGHTS: no real checkpoints are available offline, so this measures what
 *shapes* cost, not accuracy. Each model is built at its real size (Chronos-Bolt base, 205M
 parameters; TimesFM 2.5, 231M), then every layer keeps the same fraction of its attention heads,
 FFN hidden channels and patch-embedding / output-block hidden channels (the groups prunecast's
-pruning spec lists for these families; d_model and head dims stay whole), exported with the dynamo exporter, checked against PyTorch, and timed at one batch size
-in interleaved rounds so the ratios compare figures taken side by side.
+pruning spec lists for these families; d_model and head dims stay whole), exported with the
+dynamo exporter, checked against PyTorch, and timed at one batch size in interleaved rounds so
+the ratios compare figures taken side by side.
 
     python benchmarks/families_latency.py [--keep 1.0 0.5 0.25 0.125] [--batch 32] [--threads 2]
 
@@ -73,18 +74,23 @@ def chronos_bolt(keep: float, context: int, horizon: int):
                 [block.layer[1].EncDecAttention] if stack.is_decoder else []
             )
             for attention in attentions:
-                bolt_keep_heads(attention, list(range(max(1, round(attention.n_heads * keep)))))
+                bolt_keep_heads(attention, _first(attention.n_heads, keep))
             dense = block.layer[-1].DenseReluDense
-            bolt_keep_ffn(dense, list(range(max(1, round(dense.wo.in_features * keep)))))
+            bolt_keep_ffn(dense, _first(dense.wo.in_features, keep))
     _keep_blocks(module.model, ("input_patch_embedding", "output_patch_embedding"), keep)
     return module.eval()
+
+
+def _first(units: int, keep: float) -> list[int]:
+    """The first ``keep`` fraction of ``units`` (at least one): which units survive is irrelevant here."""
+    return list(range(max(1, round(units * keep))))
 
 
 def _keep_blocks(model, names: tuple[str, ...], keep: float) -> None:
     """Keep ``keep`` of the hidden channels of each residual block (both families share its layout)."""
     for name in names:
         block = getattr(model, name)
-        keep_hidden(block, list(range(max(1, round(block.hidden_layer.out_features * keep)))))
+        keep_hidden(block, _first(block.hidden_layer.out_features, keep))
 
 
 def timesfm_25(keep: float, context: int, horizon: int):
@@ -99,8 +105,8 @@ def timesfm_25(keep: float, context: int, horizon: int):
         for p in module.parameters():
             p.normal_(0, 0.02)
     for layer in module.model.stacked_xf:
-        tfm_keep_heads(layer, list(range(max(1, round(layer.attn.num_heads * keep)))))
-        tfm_keep_ffn(layer, list(range(max(1, round(layer.ff0.out_features * keep)))))
+        tfm_keep_heads(layer, _first(layer.attn.num_heads, keep))
+        tfm_keep_ffn(layer, _first(layer.ff0.out_features, keep))
     _keep_blocks(module.model, ("tokenizer", "output_projection_point", "output_projection_quantiles"), keep)
     return module.eval()
 
