@@ -5,13 +5,19 @@ from __future__ import annotations
 import argparse
 
 from prunecast.cli.common import add_model_data_args, emit, load_model_and_data
+from prunecast.defaults import DEFAULT_BUDGET
 
 
 def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("prune", help="prune a model to a latency, MAC or parameter budget (no fine-tuning)")
     add_model_data_args(p)
     p.add_argument("--out", "-o", dest="output", required=True, help="directory to save the pruned model to")
-    p.add_argument("--budget", type=float, default=0.12, help="fraction of the target to keep (default 0.12)")
+    p.add_argument(
+        "--budget",
+        type=float,
+        default=DEFAULT_BUDGET,
+        help=f"fraction of the target to keep (default {DEFAULT_BUDGET})",
+    )
     p.add_argument(
         "--target",
         choices=("latency", "macs", "params"),

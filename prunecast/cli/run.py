@@ -6,7 +6,7 @@ import argparse
 from pathlib import Path
 
 from prunecast.cli.common import emit
-from prunecast.defaults import DEFAULT_DATA, DEFAULT_DISTILL, DEFAULT_HORIZON, DEFAULT_MODEL
+from prunecast.defaults import DEFAULT_BUDGET, DEFAULT_DATA, DEFAULT_DISTILL, DEFAULT_HORIZON, DEFAULT_MODEL
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -22,7 +22,10 @@ def register(sub: argparse._SubParsersAction) -> None:
     )
     p.add_argument("--horizon", type=int, default=DEFAULT_HORIZON)
     p.add_argument(
-        "--budget", type=float, default=None, help="fraction of the estimated latency to keep (default 0.12)"
+        "--budget",
+        type=float,
+        default=DEFAULT_BUDGET,
+        help=f"fraction of the estimated latency to keep (default {DEFAULT_BUDGET})",
     )
     p.add_argument("--importance", choices=("loss", "loss2", "magnitude"), default="loss")
     p.add_argument("--epochs", type=int, default=None, help="fine-tuning epochs (default: finetune's)")
@@ -54,9 +57,7 @@ def run(args: argparse.Namespace) -> int:
     from prunecast.pipeline import RunConfig
     from prunecast.pipeline import run as run_pipeline
 
-    prune_cfg = PruneConfig(importance=args.importance)
-    if args.budget is not None:
-        prune_cfg = replace(prune_cfg, budget=args.budget)
+    prune_cfg = PruneConfig(budget=args.budget, importance=args.importance)
     ft_cfg = FinetuneConfig(distill=args.distill)
     if args.epochs is not None:
         ft_cfg = replace(ft_cfg, epochs=args.epochs)

@@ -28,6 +28,7 @@ from prunecast.compress.groups import remove_units, slice_width, tp_group
 from prunecast.compress.importance import LossGuidedImportance
 from prunecast.compress.training import sample_indices, tensors, val_loss
 from prunecast.data.windows import Windows
+from prunecast.defaults import DEFAULT_BUDGET
 from prunecast.evaluate import progress
 from prunecast.models.base import ForecastModule, PruneGroup
 
@@ -39,7 +40,7 @@ TARGETS = ("latency", "macs", "params")
 class PruneConfig:
     """How far and how to prune. Defaults suit TTM r2 on ETTh1-96 within a few minutes on 2 cores."""
 
-    budget: float = 0.12
+    budget: float = DEFAULT_BUDGET
     """Fraction of the original ``target`` to keep: 0.5 means 2x fewer."""
     target: Literal["latency", "macs", "params"] = "latency"
     """``latency``: estimated CPU cost, MACs plus the elementwise work on activations
