@@ -7,5 +7,6 @@ DEFAULT_DISTILL = 0.5
 """Weight of the unpruned model's forecast in the pruned model's fine-tuning target."""
 DEFAULT_BUDGET = 0.18
 """Fraction of the estimated latency the pruned model keeps. On TTM r2 / ETTh1-96: 14.8x fewer MACs,
-6.1-6.7x lower latency at batch 256 (onnxruntime against eager PyTorch) and a test MSE below full
-fine-tuning's on each of three seeds; 0.25 keeps more accuracy margin, 0.12 is faster still."""
+5.6-6.7x lower latency at batch 256 over three runs (onnxruntime against eager PyTorch) and a test
+MSE below full fine-tuning's on each of three seeds; 0.25 keeps more accuracy margin, 0.12 is
+faster still."""
