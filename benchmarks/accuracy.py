@@ -4,7 +4,8 @@ Rows: zero-shot; full fine-tuning; prune-then-finetune at several latency budget
 score, fine-tuned with the unpruned model as teacher, as ``prunecast run`` does); two ablations
 at one budget: Torch-Pruning's magnitude score, and fine-tuning on the truth alone (no
 distillation); and DLinear trained from scratch. Every trained row runs over ``--seeds`` seeds
-(mean and std of test MSE/MAE), with parameters, MACs (batch 1) and wall time. The test split is only ever evaluated, never used to choose anything.
+(mean and std of test MSE/MAE), with parameters, MACs (batch 1) and wall time. The test split is
+only ever evaluated, never used to choose anything.
 
     python benchmarks/accuracy.py                         # the full table (about an hour on 2 cores)
     python benchmarks/accuracy.py --budgets 0.5 --seeds 0 # one quick row

@@ -3,8 +3,9 @@
 The module is exported with torch's dynamo exporter (a symbolic ``batch`` axis), rewritten for
 speed (:mod:`prunecast.export.optimize`), checked with ``onnx.checker``, run in onnxruntime on
 real scaled windows at several batch sizes against PyTorch, optionally converted to FP16 and
-checked again, and written with its PyTorch weights and a manifest. Everything is built in a staging directory and moved into place only when
-every check passed, so a failed export leaves nothing behind.
+checked again, and written with its PyTorch weights and a manifest. Everything is built in a
+staging directory and moved into place only when every check passed, so a failed export leaves
+nothing behind.
 """
 
 from __future__ import annotations
