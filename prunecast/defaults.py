@@ -1,10 +1,14 @@
-"""Defaults shared by the library and the command line, importable without torch."""
+"""Defaults and choices shared by the library and the command line, importable without torch."""
 
 DEFAULT_MODEL = "ibm-granite/granite-timeseries-ttm-r2"
 DEFAULT_DATA = "ETTh1"
 DEFAULT_HORIZON = 96
 DEFAULT_DISTILL = 0.5
 """Weight of the unpruned model's forecast in the pruned model's fine-tuning target."""
+IMPORTANCES = ("loss", "loss2", "magnitude")
+"""Pruning scores ``PruneConfig.importance`` accepts."""
+TARGETS = ("latency", "macs", "params")
+"""What ``PruneConfig.budget`` is a fraction of."""
 DEFAULT_BUDGET = 0.18
 """Fraction of the estimated latency the pruned model keeps. On TTM r2 / ETTh1-96: 14.8x fewer MACs,
 5.6-6.7x lower latency at batch 256 over three runs (onnxruntime against eager PyTorch) and a test

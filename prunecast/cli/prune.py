@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 
 from prunecast.cli.common import add_model_data_args, emit, load_model_and_data
-from prunecast.defaults import DEFAULT_BUDGET
+from prunecast.defaults import DEFAULT_BUDGET, IMPORTANCES, TARGETS
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -20,11 +20,11 @@ def register(sub: argparse._SubParsersAction) -> None:
     )
     p.add_argument(
         "--target",
-        choices=("latency", "macs", "params"),
+        choices=TARGETS,
         default="latency",
         help="what the budget is a fraction of: estimated CPU latency (default), MACs or parameters",
     )
-    p.add_argument("--importance", choices=("loss", "loss2", "magnitude"), default="loss")
+    p.add_argument("--importance", choices=IMPORTANCES, default="loss")
     p.add_argument(
         "--kinds", nargs="+", default=["mlp_hidden", "heads", "width"], help="unit kinds that may be pruned"
     )

@@ -6,7 +6,14 @@ import argparse
 from pathlib import Path
 
 from prunecast.cli.common import emit
-from prunecast.defaults import DEFAULT_BUDGET, DEFAULT_DATA, DEFAULT_DISTILL, DEFAULT_HORIZON, DEFAULT_MODEL
+from prunecast.defaults import (
+    DEFAULT_BUDGET,
+    DEFAULT_DATA,
+    DEFAULT_DISTILL,
+    DEFAULT_HORIZON,
+    DEFAULT_MODEL,
+    IMPORTANCES,
+)
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -27,7 +34,7 @@ def register(sub: argparse._SubParsersAction) -> None:
         default=DEFAULT_BUDGET,
         help=f"fraction of the estimated latency to keep (default {DEFAULT_BUDGET})",
     )
-    p.add_argument("--importance", choices=("loss", "loss2", "magnitude"), default="loss")
+    p.add_argument("--importance", choices=IMPORTANCES, default="loss")
     p.add_argument("--epochs", type=int, default=None, help="fine-tuning epochs (default: finetune's)")
     p.add_argument("--compare-full-finetune", action="store_true", help="also fine-tune the unpruned model")
     p.add_argument(

@@ -28,12 +28,9 @@ from prunecast.compress.groups import remove_units, slice_width, tp_group
 from prunecast.compress.importance import LossGuidedImportance
 from prunecast.compress.training import sample_indices, tensors, val_loss
 from prunecast.data.windows import Windows
-from prunecast.defaults import DEFAULT_BUDGET
+from prunecast.defaults import DEFAULT_BUDGET, IMPORTANCES, TARGETS
 from prunecast.evaluate import progress
 from prunecast.models.base import ForecastModule, PruneGroup
-
-IMPORTANCES = ("loss", "loss2", "magnitude")
-TARGETS = ("latency", "macs", "params")
 
 
 @dataclass
