@@ -20,10 +20,12 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 
 from prunecast.bench import BenchConfig, bench  # noqa: E402
-from prunecast.compress import count_macs  # noqa: E402
-from prunecast.defaults import DEFAULT_MODEL  # noqa: E402
-from prunecast.latency import TimingConfig  # noqa: E402
-from prunecast.loading import load_model  # noqa: E402
+from prunecast.bench.timing import TimingConfig  # noqa: E402
+from prunecast.common.defaults import DEFAULT_MODEL  # noqa: E402
+from prunecast.compress import (
+    count_macs,  # noqa: E402
+    load_model,  # noqa: E402
+)
 
 RESULTS = Path(__file__).resolve().parent / "results"
 

@@ -7,9 +7,8 @@ import json
 import pytest
 import torch
 
-from prunecast.compress import save_model
+from prunecast.compress import load_model, save_model
 from prunecast.compress.groups import remove_units
-from prunecast.loading import load_model
 from prunecast.models import ModelError
 
 

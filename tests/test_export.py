@@ -13,11 +13,11 @@ import torch
 from torch import nn
 
 from prunecast.cli import main
+from prunecast.compress import load_model
 from prunecast.data import prepare_windows
 from prunecast.export import ArtifactError, ExportError, load_manifest
 from prunecast.export.fp16 import convert_to_fp16, fp16_region
 from prunecast.export.onnx_export import ExportConfig, export_onnx
-from prunecast.loading import load_model
 from prunecast.models.base import ForecastModule
 from tests.conftest import TTM_ID, small_ttm_config
 

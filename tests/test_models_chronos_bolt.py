@@ -221,10 +221,9 @@ def test_spec_groups_are_exact_by_zeroing_and_removable(bolt):
 
 def test_pruned_model_saves_loads_and_exports_with_parity(tmp_path, bolt):
     """prune -> forward at several batch sizes -> save/load -> ONNX export -> onnxruntime parity."""
-    from prunecast.compress import save_model
+    from prunecast.compress import load_model, save_model
     from prunecast.compress.groups import remove_units
     from prunecast.export.onnx_export import ExportConfig, export_onnx
-    from prunecast.loading import load_model
 
     bolt.horizon = 16
     for group in bolt.pruning_spec().groups:  # heads from the spec: 4 -> 2, FFN and embeddings halved

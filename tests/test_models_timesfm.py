@@ -199,10 +199,9 @@ def test_head_removal_keeps_the_right_query_key_value_blocks():
 
 def test_pruned_model_saves_loads_and_exports_with_parity(tmp_path):
     """prune -> forward at several batch sizes -> save/load -> ONNX export (dynamic batch) -> parity."""
-    from prunecast.compress import save_model
+    from prunecast.compress import load_model, save_model
     from prunecast.compress.groups import remove_units
     from prunecast.export.onnx_export import ExportConfig, export_onnx
-    from prunecast.loading import load_model
 
     module = make(context=64, horizon=16, std=0.1)  # tamer activations: float32 rounding stays ~1e-6
     for group in module.pruning_spec().groups:  # heads from the spec: 4 -> 2, FFN and blocks halved

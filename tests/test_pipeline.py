@@ -6,12 +6,11 @@ import numpy as np
 import pytest
 
 from prunecast.bench import BenchConfig
+from prunecast.bench.timing import TimingConfig
 from prunecast.cli import main
-from prunecast.compress import FinetuneConfig, PruneConfig
+from prunecast.compress import FinetuneConfig, PruneConfig, load_model
 from prunecast.data import prepare_windows
 from prunecast.evaluate import evaluate
-from prunecast.latency import TimingConfig
-from prunecast.loading import load_model
 from prunecast.pipeline import RunConfig, run
 
 from .conftest import TTM_ID, requires_ttm

@@ -21,9 +21,9 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from prunecast.compress import load_model
 from prunecast.export.onnx_export import ExportConfig, export_onnx, parity_windows
 from prunecast.export.tensorrt import EngineConfig, build_engine, gpu_compute_capability, load_engine
-from prunecast.loading import load_model
 from prunecast.models import DEFAULT_MODEL
 
 RESULTS = Path(__file__).resolve().parents[1] / "results" / "gpu_tensorrt_engines.json"

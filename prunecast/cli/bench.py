@@ -7,7 +7,7 @@ import json
 from pathlib import Path
 
 from prunecast.cli.common import emit
-from prunecast.defaults import DEFAULT_DATA
+from prunecast.common.defaults import DEFAULT_DATA
 
 
 def register(sub: argparse._SubParsersAction) -> None:

@@ -6,7 +6,7 @@ import argparse
 import json
 import sys
 
-from prunecast.defaults import DEFAULT_DATA, DEFAULT_HORIZON, DEFAULT_MODEL
+from prunecast.common.defaults import DEFAULT_DATA, DEFAULT_HORIZON, DEFAULT_MODEL
 
 
 def add_model_data_args(parser: argparse.ArgumentParser) -> None:
@@ -35,8 +35,8 @@ def emit(result: dict, as_json: bool, lines: list[str]) -> None:
 
 def load_model_and_data(args: argparse.Namespace):
     """The model and the benchmark windows that :func:`add_model_data_args` describe."""
+    from prunecast.compress import load_model
     from prunecast.data import prepare_windows
-    from prunecast.loading import load_model
 
     model = load_model(args.model, horizon=args.horizon, context_length=args.context, family=args.family)
     return model, prepare_windows(args.data, model.context_length, args.horizon, columns=args.columns)

@@ -6,7 +6,7 @@ import argparse
 import time
 
 from prunecast.cli.common import emit
-from prunecast.defaults import DEFAULT_DATA
+from prunecast.common.defaults import DEFAULT_DATA
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -34,8 +34,8 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    from prunecast.compress import load_model
     from prunecast.export.onnx_export import ExportConfig, export_onnx
-    from prunecast.loading import load_model
 
     model = load_model(args.model, horizon=args.horizon, context_length=args.context, family=args.family)
     config = ExportConfig(

@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 
 from prunecast.cli.common import add_model_data_args, emit, load_model_and_data
-from prunecast.defaults import DEFAULT_DISTILL
+from prunecast.common.defaults import DEFAULT_DISTILL
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -43,7 +43,7 @@ def run(args: argparse.Namespace) -> int:
     model, data = load_model_and_data(args)
     teacher = None
     if args.teacher is not None:
-        from prunecast.loading import load_model
+        from prunecast.compress import load_model
 
         teacher = load_model(args.teacher, horizon=model.horizon)
     config = FinetuneConfig(

@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 
 from prunecast.cli.common import add_model_data_args, emit, load_model_and_data
-from prunecast.defaults import DEFAULT_BUDGET, IMPORTANCES, TARGETS
+from prunecast.common.defaults import DEFAULT_BUDGET, IMPORTANCES, TARGETS
 
 
 def register(sub: argparse._SubParsersAction) -> None:

@@ -6,7 +6,7 @@ import argparse
 from pathlib import Path
 
 from prunecast.cli.common import emit
-from prunecast.defaults import (
+from prunecast.common.defaults import (
     DEFAULT_BUDGET,
     DEFAULT_DATA,
     DEFAULT_DISTILL,

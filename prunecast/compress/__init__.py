@@ -18,7 +18,7 @@ Torch-Pruning groups, scores and removal here are generic.
 from prunecast.compress.cost import count_macs, count_params
 from prunecast.compress.finetune import FinetuneConfig, FinetuneReport, finetune
 from prunecast.compress.prune import LayerWidth, PruneConfig, PruneReport, PruneStep, prune
-from prunecast.compress.serialize import is_saved_model, load_saved, save_model
+from prunecast.compress.serialize import is_saved_model, load_model, load_saved, save_model
 
 __all__ = [
     "FinetuneConfig",
@@ -31,6 +31,7 @@ __all__ = [
     "count_params",
     "finetune",
     "is_saved_model",
+    "load_model",
     "load_saved",
     "prune",
     "save_model",

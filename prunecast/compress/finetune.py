@@ -19,10 +19,10 @@ from dataclasses import asdict, dataclass, field
 
 import torch
 
+from prunecast.common.defaults import DEFAULT_DISTILL
+from prunecast.common.progress import progress
 from prunecast.compress.training import sample_indices, tensors, val_loss
 from prunecast.data.windows import Windows
-from prunecast.defaults import DEFAULT_DISTILL
-from prunecast.evaluate import progress
 from prunecast.models.base import ForecastModule
 
 

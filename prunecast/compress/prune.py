@@ -23,13 +23,13 @@ import torch
 import torch_pruning as tp
 from torch import nn
 
+from prunecast.common.defaults import DEFAULT_BUDGET, IMPORTANCES, TARGETS
+from prunecast.common.progress import progress
 from prunecast.compress.cost import ACTIVATION_COST, count_macs, count_params, latency_cost, linear_rows
 from prunecast.compress.groups import remove_units, slice_width, tp_group
 from prunecast.compress.importance import LossGuidedImportance
 from prunecast.compress.training import sample_indices, tensors, val_loss
 from prunecast.data.windows import Windows
-from prunecast.defaults import DEFAULT_BUDGET, IMPORTANCES, TARGETS
-from prunecast.evaluate import progress
 from prunecast.models.base import ForecastModule, PruneGroup
 
 

@@ -19,7 +19,7 @@ import torch
 from safetensors.torch import load_file, save_file
 from torch import nn
 
-from prunecast.models import ADAPTERS, ForecastModule, ModelError
+from prunecast.models import ADAPTERS, ForecastModule, ModelError, load_pretrained
 
 FORMAT = "prunecast-model"
 VERSION = 1
@@ -191,3 +191,23 @@ def _read_json(path: Path) -> dict:
     if not isinstance(data, dict):
         raise ModelError(f"{path}: expected a JSON object")
     return data
+
+
+def load_model(
+    source: str | Path,
+    horizon: int | None = None,
+    context_length: int | None = None,
+    family: str | None = None,
+) -> ForecastModule:
+    """Load any model prunecast handles: a prunecast model directory (from :func:`save_model`), a
+    Hugging Face id, or a local Hugging Face model directory."""
+    if is_saved_model(source):
+        module = load_saved(source, horizon=horizon)
+        if context_length is not None and context_length != module.context_length:
+            raise ModelError(
+                f"{source}: context length {context_length} differs from the saved model's {module.context_length}"
+            )
+        if family is not None and family != module.family:
+            raise ModelError(f"{source}: a saved {module.family} model, not {family}")
+        return module
+    return load_pretrained(str(source), horizon=horizon, context_length=context_length, family=family)

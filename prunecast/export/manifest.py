@@ -9,7 +9,7 @@ Layout (paths relative to ``ART_DIR``, each listed in ``files``):
 
 - ``model.onnx``: the graph to serve; ``precision`` says whether it computes in FP32 or
   FP16 (inputs and outputs are FP32 either way).
-- ``torch/``: the PyTorch model, loadable with ``prunecast.loading.load_model``.
+- ``torch/``: the PyTorch model, loadable with ``prunecast.compress.load_model``.
 - ``*.plan``: TensorRT engines, one entry each in ``engines``.
 
 ``parity`` is the FP32 export checked against PyTorch; ``fp16_parity`` is present when

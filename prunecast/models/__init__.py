@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from prunecast.defaults import DEFAULT_MODEL
+from prunecast.common.defaults import DEFAULT_MODEL
 from prunecast.models.base import ForecastModule, ModelAdapter, ModelError
 from prunecast.models.chronos_bolt import ChronosBoltAdapter
 from prunecast.models.timesfm import TimesFMAdapter

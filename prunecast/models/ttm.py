@@ -5,7 +5,7 @@ from __future__ import annotations
 import torch
 from tsfm_public.models.tinytimemixer import TinyTimeMixerConfig, TinyTimeMixerForPrediction
 
-from prunecast.defaults import DEFAULT_MODEL
+from prunecast.common.defaults import DEFAULT_MODEL
 from prunecast.models.base import (
     ForecastModule,
     ModelAdapter,

@@ -12,7 +12,7 @@ from prunecast.runtime.backends.base import DEFAULT_MAX_BATCH, Backend, BackendE
 
 
 class TorchBackend(Backend):
-    """The module loaded with :func:`prunecast.loading.load_model`, in inference mode.
+    """The module loaded with :func:`prunecast.compress.load_model`, in inference mode.
 
     torch's CPU thread count is process-wide, so it is set only when ``threads`` is given.
     The forward pass holds no state, so concurrent calls are safe; on CUDA a lock keeps
@@ -24,7 +24,7 @@ class TorchBackend(Backend):
     def __init__(self, art_dir: str | Path, manifest: Manifest, options: BackendOptions):
         import torch
 
-        from prunecast.loading import load_model
+        from prunecast.compress import load_model
 
         source = Path(art_dir) / TORCH_DIR
         if not source.is_dir():

@@ -24,12 +24,12 @@ from prunecast.compress import (
     count_macs,
     count_params,
     finetune,
+    load_model,
     prune,
     save_model,
 )
 from prunecast.data import prepare_windows
 from prunecast.evaluate import evaluate
-from prunecast.loading import load_model
 from prunecast.models import DEFAULT_MODEL, ForecastModule
 
 VARIANTS = ("zero_shot", "full_finetune", "pruned_finetune")
@@ -122,7 +122,7 @@ def run(config: RunConfig, log=None) -> dict:
 
     log(f"[{next(stage)}/{stages}] report and plots")
     report["seconds"] = round(time.perf_counter() - started, 1)
-    from prunecast.report import write_report
+    from prunecast.pipeline.report import write_report
 
     write_report(report, out, _examples(variants, data.test, config.examples), pr.layers)
     log(f"done in {report['seconds']} s: {out / 'report.md'}")

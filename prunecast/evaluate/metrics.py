@@ -2,13 +2,12 @@
 
 from __future__ import annotations
 
-import sys
 from dataclasses import asdict, dataclass
 
 import numpy as np
 import torch
-from tqdm.auto import tqdm
 
+from prunecast.common.progress import progress
 from prunecast.data.windows import Windows
 from prunecast.models.base import ForecastModule
 
@@ -23,12 +22,6 @@ class Metrics:
 
     def to_dict(self) -> dict:
         return asdict(self)
-
-
-def progress(iterable, total: int, desc: str, enabled: bool | None = None):
-    """A tqdm bar on a terminal, silent elsewhere (CI logs, pipes, ``--json``)."""
-    show = sys.stderr.isatty() if enabled is None else enabled
-    return tqdm(iterable, total=total, desc=desc, disable=not show, leave=False, unit="batch")
 
 
 @torch.inference_mode()

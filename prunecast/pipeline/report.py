@@ -6,7 +6,7 @@ import json
 from pathlib import Path
 
 from prunecast.compress import LayerWidth
-from prunecast.plots import plot_accuracy_vs_cost, plot_forecasts, plot_kept_widths
+from prunecast.pipeline.plots import plot_accuracy_vs_cost, plot_forecasts, plot_kept_widths
 
 PLOTS = {
     "forecasts": "forecasts.png",

@@ -14,7 +14,14 @@ from pathlib import Path
 
 import numpy as np
 
-from prunecast.latency import Candidate, LatencyRow, TimingConfig, machine_info, speedups, time_candidates
+from prunecast.bench.timing import (
+    Candidate,
+    LatencyRow,
+    TimingConfig,
+    machine_info,
+    speedups,
+    time_candidates,
+)
 
 BATCH_SIZES = (1, 8, 64, 256)
 CPU_BACKENDS = ("torch", "onnxruntime")
@@ -51,8 +58,8 @@ def ensure_artifact(source: str, workdir: Path, name: str) -> Path:
     path = Path(source)
     if (path / MANIFEST_NAME).is_file():
         return path
+    from prunecast.compress import load_model
     from prunecast.export.onnx_export import ExportConfig, export_onnx
-    from prunecast.loading import load_model
 
     out = workdir / name
     export_onnx(load_model(source), out, ExportConfig(source_model=source))
