@@ -18,7 +18,7 @@ import numpy as np
 import pandas as pd
 
 from prunecast.common.defaults import FILL_POLICIES
-from prunecast.data.columns import Layout, resolve_layout
+from prunecast.data.columns import ID_NAMES, Layout, resolve_layout
 from prunecast.data.csv import DataError
 from prunecast.data.fill import fill_segments
 from prunecast.data.frequency import Frequencies, infer_frequencies
@@ -114,9 +114,14 @@ class Panel:
         return stamps.tz_localize("UTC").tz_convert(self.tz) if self.tz else stamps
 
 
-def load_panel(source: pd.DataFrame | str | Path, config: PanelConfig = PanelConfig()) -> Panel:
-    """Read, check, grid and fill a panel from a DataFrame or a CSV/Parquet file."""
-    where = "data" if isinstance(source, pd.DataFrame) else str(source)
+def load_panel(
+    source: pd.DataFrame | str | Path, config: PanelConfig = PanelConfig(), where: str | None = None
+) -> Panel:
+    """Read, check, grid and fill a panel from a DataFrame or a CSV/Parquet file.
+
+    ``where`` names the data in messages (default: the file, or ``data`` for a DataFrame).
+    """
+    where = where or ("data" if isinstance(source, pd.DataFrame) else str(source))
     try:
         return _load(source, config, where)
     except DataError as exc:
@@ -213,7 +218,9 @@ def _wide(frame: pd.DataFrame, layout: Layout, where: str):
     """Wide table columns, each trimmed to its first..last non-empty cell, laid out as a long panel."""
     t, tz = _timestamps(frame[layout.timestamp], layout.timestamp, lambda row: f"row {row + 1}", where)
     columns = [
-        _numbers(frame[c], c, lambda row, c=c: f"series {c!r} at {_stamp(t[row], tz)}", where)
+        _numbers(
+            frame[c], c, lambda row, c=c: f"series {c!r} at {_stamp(t[row], tz)}", where, list(frame.columns)
+        )
         for c in layout.targets
     ]
     matrix = np.stack(columns, axis=0)  # [C, T]
@@ -264,7 +271,9 @@ def _timestamps(column: pd.Series, name: str, locate, where: str) -> tuple[np.nd
     return parsed.to_numpy(dtype="datetime64[ns]").view(np.int64), tz
 
 
-def _numbers(column: pd.Series, name: str, locate, where: str) -> np.ndarray:
+def _numbers(
+    column: pd.Series, name: str, locate, where: str, wide_columns: list | None = None
+) -> np.ndarray:
     """A value column as float64 (empty cells NaN); text and values beyond float32 named."""
     if pd.api.types.is_bool_dtype(column):
         raise DataError(f"{where}: column {name!r} holds booleans, not numbers")
@@ -273,6 +282,11 @@ def _numbers(column: pd.Series, name: str, locate, where: str) -> np.ndarray:
     else:
         numeric = pd.to_numeric(column, errors="coerce")
         bad = numeric.isna() & column.notna() & (column.astype(str).str.strip() != "")
+        if bad.any() and numeric.isna().all() and wide_columns is not None:
+            raise DataError(
+                f"{where}: column {name!r} holds no numbers, so it is no series of a wide table (no id column "
+                f"was found among {list(ID_NAMES)}); for a long table set id_column; columns found: {wide_columns}"
+            )
         if bad.any():
             row = int(np.argmax(bad.to_numpy()))
             raise DataError(
@@ -284,7 +298,7 @@ def _numbers(column: pd.Series, name: str, locate, where: str) -> np.ndarray:
     if beyond.any():
         row = int(np.argmax(beyond))
         raise DataError(
-            f"{where}: {locate(row)}: value {values[row]!r} is beyond float32 range (column {name!r})"
+            f"{where}: {locate(row)}: value {float(values[row])!r} is beyond float32 range (column {name!r})"
         )
     return values
 

@@ -136,7 +136,7 @@ def forecast_file(
     start = time.perf_counter()
     frame = read_table(data)
     seconds = {"read": time.perf_counter() - start}
-    panel = load_panel(frame, config)
+    panel = load_panel(frame, config, where=str(data))
     seconds.update(panel.seconds)
     forecasts = forecast_panel(forecaster, panel, options, seconds)
     written = time.perf_counter()
