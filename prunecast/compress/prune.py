@@ -26,6 +26,7 @@ from torch import nn
 from prunecast.common.defaults import DEFAULT_BUDGET, IMPORTANCES, TARGETS
 from prunecast.common.progress import progress
 from prunecast.compress.cost import ACTIVATION_COST, count_macs, count_params, latency_cost, linear_rows
+from prunecast.compress.discover import DroppedGroup, dropped_groups, pruning_spec
 from prunecast.compress.groups import remove_units, slice_width, tp_group
 from prunecast.compress.importance import LossGuidedImportance
 from prunecast.compress.training import sample_indices, tensors, val_loss
@@ -119,6 +120,8 @@ class PruneReport:
     stopped_early: bool
     steps: list[PruneStep] = field(default_factory=list)
     layers: list[LayerWidth] = field(default_factory=list)
+    dropped: list[DroppedGroup] = field(default_factory=list)
+    """Traced groups not offered (failed the exactness check, or cannot be sliced), with why."""
 
     def to_dict(self) -> dict:
         """Everything but the module, as JSON-serialisable data."""
@@ -129,7 +132,7 @@ class PruneReport:
             value = getattr(self, name)
             if name == "config":
                 value = asdict(value)
-            elif name in ("steps", "layers"):
+            elif name in ("steps", "layers", "dropped"):
                 value = [asdict(v) for v in value]
             out[name] = value
         out["macs_reduction"] = self.macs_before / max(self.macs_after, 1)
@@ -145,6 +148,7 @@ def prune(
     config.check()
     start = time.perf_counter()
     groups = _groups(module, config.kinds)
+    dropped = dropped_groups(module)
     if not groups:
         raise ValueError(f"{module.family} offers no prunable groups of kinds {config.kinds}")
     original = {g.name: g.units for g in groups}
@@ -214,6 +218,7 @@ def prune(
         stopped_early=stopped_early,
         steps=steps,
         layers=[LayerWidth(n, kinds[n], original[n], final[n]) for n in original],
+        dropped=list(dropped),
     )
 
 
@@ -225,7 +230,7 @@ def _measure(module: ForecastModule, target: str) -> float:
 
 
 def _groups(module: ForecastModule, kinds: tuple[str, ...]) -> list[PruneGroup]:
-    return [g for g in module.pruning_spec().groups if g.kind in kinds]
+    return [g for g in pruning_spec(module).groups if g.kind in kinds]
 
 
 def _scores(
