@@ -25,6 +25,7 @@ from torch import nn
 
 from prunecast.common.defaults import DEFAULT_BUDGET, IMPORTANCES, TARGETS
 from prunecast.common.progress import progress
+from prunecast.compress import distributed
 from prunecast.compress.cost import ACTIVATION_COST, count_macs, count_params, latency_cost, linear_rows
 from prunecast.compress.discover import DroppedGroup, dropped_groups, pruning_spec
 from prunecast.compress.groups import remove_units, slice_width, tp_group
@@ -52,10 +53,13 @@ class PruneConfig:
     """Share of the remaining prunable units removed per step."""
     max_steps: int = 30
     macro_batch: int = 512
-    """Training windows whose accumulated gradient scores one step."""
+    """Training windows whose accumulated gradient scores one step (under ``torchrun``, split
+    evenly over the processes, so it must be a multiple of their number)."""
     micro_batch: int = 128
+    """Windows per forward/backward pass while accumulating (per process: memory, not results)."""
     per_sample_batch: int = 64
-    """``loss2`` only: windows whose per-sample gradients give the second-order term."""
+    """``loss2`` only: windows whose per-sample gradients give the second-order term (split
+    over the processes like ``macro_batch``)."""
     ema_alpha: float = 0.5
     """Weight of the previous steps' scores in the EMA (0: use only the fresh scores)."""
     min_keep_fraction: float = 0.1
@@ -84,6 +88,10 @@ class PruneConfig:
             raise ValueError(f"ema_alpha must be in [0, 1), got {self.ema_alpha}")
         if self.macro_batch < 1 or self.micro_batch < 1 or self.per_sample_batch < 1:
             raise ValueError("batch sizes must be positive")
+        if self.importance != "magnitude":
+            distributed.check_divides(self.macro_batch, "macro_batch")
+        if self.importance == "loss2":
+            distributed.check_divides(self.per_sample_batch, "per_sample_batch")
 
 
 @dataclass
@@ -162,7 +170,8 @@ def prune(
     ema: dict[str, torch.Tensor] = {}
     steps: list[PruneStep] = []
     stopped_early = False
-    bar = progress(range(config.max_steps), config.max_steps, "prune", config.show_progress)
+    show = distributed.show_progress(config.show_progress)
+    bar = progress(range(config.max_steps), config.max_steps, "prune", show)
     for step in bar:
         metric = _measure(module, config.target)
         if metric <= goal:
@@ -177,7 +186,7 @@ def prune(
                 if prev is None
                 else config.ema_alpha * prev + (1 - config.ema_alpha) * scores[g.name]
             )
-        chosen = _choose(module, groups, ema, floor, metric - goal, config)
+        chosen = _agree(groups, _choose(module, groups, ema, floor, metric - goal, config))
         if not any(chosen.values()):
             break
         snapshot = copy.deepcopy(module.model) if config.tolerance is not None else None
@@ -247,13 +256,17 @@ def _scores(
     module.zero_grad(set_to_none=True)
     if importance.second_order:
         importance.per_sample_grads = per_sample_gradients(
-            module, *tensors(train, idx[: config.per_sample_batch])
+            module, *tensors(train, distributed.shard(idx[: config.per_sample_batch]))
         )
     else:
-        for i in range(0, len(idx), config.micro_batch):
-            x, y = tensors(train, idx[i : i + config.micro_batch])
+        # each rank accumulates its share of the macro batch, weighted by its share of the whole,
+        # so the gradients summed over the ranks are the macro batch's
+        local = distributed.shard(idx)
+        for i in range(0, len(local), config.micro_batch):
+            x, y = tensors(train, local[i : i + config.micro_batch])
             loss = module.training_loss(x, y) * (len(x) / len(idx))
             loss.backward()
+        distributed.all_reduce_gradients(module.parameters())
     scores = {g.name: importance.signed(tp_group(module, g), g.units) for g in groups}
     module.zero_grad(set_to_none=True)
     module.train(was_training)
@@ -308,6 +321,22 @@ def _unit_costs(module: ForecastModule, group: PruneGroup, rows: dict[str, int],
         elif target == "params":
             cost += sum(p.shape[-1] > 0 for p in layer.parameters()) * per_unit
     return cost
+
+
+def _agree(groups: list[PruneGroup], chosen: dict[str, list[int]]) -> dict[str, list[int]]:
+    """Rank 0's choice of units on every rank: the scores agree across ranks, but a last-bit
+    difference (another CPU in a multi-node job) must never give the ranks different models."""
+    if distributed.world_size() == 1:
+        return chosen
+    offsets = np.cumsum([0] + [g.units for g in groups])
+    mask = torch.zeros(int(offsets[-1]), dtype=torch.uint8)
+    for g, start in zip(groups, offsets, strict=False):
+        mask[start + torch.tensor(chosen[g.name], dtype=torch.long)] = 1
+    distributed.broadcast_tensor(mask)
+    return {
+        g.name: torch.nonzero(mask[start : start + g.units]).flatten().tolist()
+        for g, start in zip(groups, offsets, strict=False)
+    }
 
 
 def _choose(
