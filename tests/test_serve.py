@@ -238,7 +238,7 @@ def test_a_model_failure_is_a_500_for_that_request_only(forecaster):
 
 def test_serve_command_shuts_down_gracefully_answering_requests_in_flight(small_artifact):
     # A long max wait keeps the requests queued when SIGTERM arrives; shutdown does not wait it out.
-    cmd = [*PRUNECAST, "serve", str(small_artifact), "--port", "0", "--json"]
+    cmd = [*PRUNECAST, "serve", str(small_artifact), "--port", "0", "--json", "--name", "tiny"]
     cmd += ["--backend", "onnxruntime", "--threads", "1", "--max-batch", "1000", "--max-wait-ms", "3000"]
     env = {**os.environ, "PYTHONUNBUFFERED": "1"}
     proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
@@ -246,10 +246,13 @@ def test_serve_command_shuts_down_gracefully_answering_requests_in_flight(small_
         ready = json.loads(proc.stdout.readline())
         url = ready["url"]
         assert ready["backend"] == "onnxruntime" and url.startswith("http://127.0.0.1:")
+        assert ready["name"] == "tiny" and ready["v2_url"] == f"{url}/v2/models/tiny"
         inputs = [series(1, 64, seed=i) for i in range(20)]
 
         async def clients():
             async with aiohttp.ClientSession() as session:
+                async with session.get(ready["v2_url"]) as r:
+                    assert r.status == 200 and (await r.json())["name"] == "tiny"
                 tasks = [asyncio.ensure_future(post(session, url, {"series": x.tolist()})) for x in inputs]
                 await asyncio.sleep(0.3)
                 assert not any(t.done() for t in tasks)  # all still queued

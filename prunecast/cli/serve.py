@@ -36,6 +36,12 @@ def register(sub: argparse._SubParsersAction) -> None:
         help="model calls in flight at once (default 1; e.g. 2 with --threads 1 on a busy 2-core CPU)",
     )
     p.add_argument("--timeout-s", type=float, default=None, help="default per-request timeout (default none)")
+    p.add_argument(
+        "--drain-s",
+        type=float,
+        default=0.0,
+        help="on SIGTERM, seconds to keep serving while /v2/health/ready says 503 (default 0)",
+    )
     p.add_argument("--max-body-mb", type=float, default=8.0, help="largest request body (default 8 MB)")
     p.add_argument("--json", action="store_true", help="print the startup line as one JSON object")
     p.set_defaults(func=run)
@@ -58,6 +64,7 @@ def run(args: argparse.Namespace) -> int:
         batcher=batcher,
         max_body_bytes=int(args.max_body_mb * 1024 * 1024),
         model_name=args.name,
+        drain_s=args.drain_s,
     )
     # spinning off: idle ORT threads would otherwise steal the CPU the event loop needs
     forecaster = Forecaster.load(

@@ -92,7 +92,12 @@ def parse_infer(body: bytes, header_length: str | None, model: ModelInfo) -> Inf
     try:
         request = orjson.loads(header)
     except orjson.JSONDecodeError as exc:
-        raise ProtocolError(f"request header is not valid JSON: {exc}") from None
+        if header_length is None:
+            raise ProtocolError(
+                f"request body is not valid JSON: {exc} (binary tensors after the JSON need the "
+                f"{HEADER_LENGTH} header)"
+            ) from None
+        raise ProtocolError(f"request header ({header_length} bytes) is not valid JSON: {exc}") from None
     if not isinstance(request, dict):
         raise ProtocolError("request must be a JSON object with 'inputs'")
     parameters = _object(request.get("parameters", {}), "request parameters")

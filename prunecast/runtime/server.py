@@ -34,14 +34,17 @@ MODEL_VERSION = "1"
 @dataclass(frozen=True)
 class ServeConfig:
     """Where to listen and how to batch. ``max_body_bytes`` bounds one request (413 beyond it);
-    ``shutdown_timeout_s`` bounds how long shutdown waits for requests in flight. ``model_name``
-    is the model's name on ``/v2`` (default: the artifact directory's name)."""
+    ``shutdown_timeout_s`` bounds how long shutdown waits for requests in flight. ``drain_s``:
+    how long shutdown keeps serving while readiness already says no, so a load balancer (a
+    Kubernetes readiness probe) stops sending before the port closes. ``model_name`` is the
+    model's name on ``/v2`` (default: the artifact directory's name)."""
 
     host: str = "127.0.0.1"
     port: int = 8000
     batcher: BatcherConfig = field(default_factory=BatcherConfig)
     max_body_bytes: int = 8 * 1024 * 1024
     shutdown_timeout_s: float = 60.0
+    drain_s: float = 0.0
     model_name: str | None = None
 
 
@@ -281,7 +284,11 @@ def create_app(forecaster: Forecaster, config: ServeConfig = ServeConfig()) -> w
     app.on_startup.append(service.on_startup)
     app.on_shutdown.append(service.on_shutdown)
     app.on_cleanup.append(service.on_cleanup)
+    app[SERVICE] = service
     return app
+
+
+SERVICE = web.AppKey("service", _Service)
 
 
 @dataclass
@@ -297,7 +304,14 @@ class RunningServer:
         return f"http://{self.host}:{self.port}"
 
     async def stop(self) -> None:
-        """Stop listening, answer every accepted request, then stop the batcher."""
+        """Say not ready and keep serving for ``drain_s``, then stop listening, answer every
+        accepted request, and stop the batcher."""
+        service = self.runner.app[SERVICE]
+        if service.closing:
+            return  # stopped, or stopping
+        service.closing = True
+        if service.config.drain_s > 0:
+            await asyncio.sleep(service.config.drain_s)
         await self.runner.cleanup()
 
 
