@@ -9,6 +9,14 @@ only ever evaluated, never used to choose anything.
 
     python benchmarks/accuracy.py                         # the full table (about an hour on 2 cores)
     python benchmarks/accuracy.py --budgets 0.5 --seeds 0 # one quick row
+    python benchmarks/accuracy.py --family patchtst       # PatchTST rows only (no TTM rows)
+
+``--family patchtst`` trains the published ETTh1 PatchTST/42 shape (context 336, patch 16 stride
+8, d_model 16, 4 heads, 3 layers, FFN 128; transformers' ``PatchTSTForPrediction``) from scratch
+with a bounded budget (``--train-epochs`` x 4096 windows, far below the paper's 100 epochs over
+all windows), then prunes it (traced groups plus its hand-written attention heads) and fine-tunes
+it with the trained model as teacher, and times both on PyTorch and onnxruntime side by side.
+Writes ``accuracy_patchtst.json`` / ``.png``.
 
 Writes ``benchmarks/results/accuracy.json`` and ``accuracy.png`` (test MSE vs MACs, and the kept
 fraction per layer of the first pruned run of each budget).
@@ -61,9 +69,10 @@ class DLinear(ForecastModule):
 
 
 def run_row(
-    name: str, build, data, seeds, prune_cfg=None, ft_cfg=None, do_finetune=True, teacher=None
+    name: str, build, data, seeds, prune_cfg=None, ft_cfg=None, do_finetune=True, teacher=None, keep=False
 ) -> dict:
-    """One table row over ``seeds``; a pruned row fine-tunes with ``teacher`` (the unpruned model)."""
+    """One table row over ``seeds``; a pruned row fine-tunes with ``teacher`` (the unpruned model).
+    ``keep`` returns the last seed's module under ``"module"``."""
     runs = []
     for seed in seeds:
         torch.manual_seed(seed)
@@ -94,6 +103,7 @@ def run_row(
                 "val_loss_before": prune_report.val_loss_before,
                 "val_loss_after": prune_report.val_loss_after,
                 "layers": [vars(layer) for layer in prune_report.layers],
+                "dropped": [vars(d) for d in prune_report.dropped],
                 "d_model": getattr(getattr(module.model, "config", None), "d_model", None),
                 "decoder_d_model": getattr(getattr(module.model, "config", None), "decoder_d_model", None),
             }
@@ -108,6 +118,11 @@ def run_row(
         print(
             f"{name} seed {seed}: MSE {metrics.mse:.4f} MAE {metrics.mae:.4f} ({seconds:.0f} s)", flush=True
         )
+    return {**({"module": module} if keep else {}), **summary(name, runs)}
+
+
+def summary(name: str, runs: list[dict]) -> dict:
+    """A table row: mean and std of test MSE/MAE over ``runs`` (one per seed), size, wall time."""
     mses = [r["test_mse"] for r in runs]
     maes = [r["test_mae"] for r in runs]
     return {
@@ -155,14 +170,24 @@ def main() -> None:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
-    parser.add_argument("--budgets", type=float, nargs="+", default=[0.5, 0.25, 0.12])
+    parser.add_argument(
+        "--budgets", type=float, nargs="+", default=None, help="default: 0.5 0.25 0.12 (ttm), 0.5 (patchtst)"
+    )
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     parser.add_argument(
         "--ablation-budget", type=float, default=0.12, help="budget of the two ablations (0: skip)"
     )
     parser.add_argument("--skip-full", action="store_true", help="skip the full fine-tuning baseline")
-    parser.add_argument("--output", default=str(RESULTS / "accuracy.json"))
+    parser.add_argument("--output", default=None, help="default: results/accuracy[_FAMILY].json")
+    parser.add_argument("--family", choices=("ttm", "patchtst"), default="ttm")
+    parser.add_argument("--train-epochs", type=int, default=12, help="patchtst: epochs from scratch")
     args = parser.parse_args()
+    if args.family == "patchtst":
+        args.output = args.output or str(RESULTS / "accuracy_patchtst.json")
+        args.budgets = args.budgets or [0.5]
+        return patchtst_rows(args)
+    args.output = args.output or str(RESULTS / "accuracy.json")
+    args.budgets = args.budgets or [0.5, 0.25, 0.12]
 
     data = prepare_windows("ETTh1", 512, 96)
     ttm = lambda: load_pretrained(MODEL, horizon=96)  # noqa: E731
@@ -187,9 +212,102 @@ def main() -> None:
     _save(args.output, rows, args)
 
 
-def _save(output: str, rows: list[dict], args) -> None:
+PATCHTST_ETTH1 = {
+    "model_type": "patchtst",
+    "context_length": 336,
+    "prediction_length": 96,
+    "num_input_channels": 1,
+    "patch_length": 16,
+    "patch_stride": 8,
+    "d_model": 16,
+    "num_attention_heads": 4,
+    "num_hidden_layers": 3,
+    "ffn_dim": 128,
+    "dropout": 0.3,
+    "head_dropout": 0.0,
+    "pooling_type": None,
+    "norm_type": "batchnorm",
+    "scaling": "std",
+}
+"""PatchTST/42's ETTh1 hyper-parameters (Nie et al., ICLR 2023), whose published test MSE at
+horizon 96 is 0.370; transformers' names."""
+
+
+def patchtst_rows(args) -> None:
+    """Per seed: train PatchTST from scratch, prune + distilled fine-tune, time both."""
+    import copy
+    import tempfile
+
+    from prunecast.bench import BenchConfig, bench
+    from prunecast.bench.timing import TimingConfig
+    from prunecast.compress import save_model
+    from prunecast.models.patchtst import PatchTSTAdapter
+
+    data = prepare_windows("ETTh1", PATCHTST_ETTH1["context_length"], 96)
+    train_cfg = {"lr": 1e-3, "epochs": args.train_epochs, "windows_per_epoch": 4096, "batch_size": 128}
+    ft_cfg = {"epochs": 4, "windows_per_epoch": 4096, "lr_trial_windows": 2048, "batch_size": 128}
+    rows = []
+    trained: dict[int, ForecastModule] = {}
+
+    def from_scratch() -> ForecastModule:
+        return PatchTSTAdapter().from_config(PATCHTST_ETTH1, PATCHTST_ETTH1["context_length"], 96)
+
+    def build_trained(seed: int):
+        return lambda: copy.deepcopy(trained[seed])
+
+    for seed in args.seeds:  # one seed at a time: the pruned row starts from that seed's model
+        row = run_row("PatchTST from scratch", from_scratch, data, [seed], ft_cfg=train_cfg, keep=True)
+        trained[seed] = row.pop("module")
+        rows.append(row)
+        for budget in args.budgets:
+            name = f"PatchTST prune {budget:g} + ft"
+            pruned = run_row(
+                name,
+                build_trained(seed),
+                data,
+                [seed],
+                prune_cfg={"budget": budget},
+                ft_cfg=ft_cfg,
+                teacher=trained[seed],
+                keep=True,
+            )
+            with tempfile.TemporaryDirectory(prefix="prunecast-acc-") as tmp:
+                save_model(trained[seed], Path(tmp) / "trained")
+                save_model(pruned.pop("module"), Path(tmp) / "pruned")
+                timing = BenchConfig(
+                    batch_sizes=(1, 256), backends=("torch", "onnxruntime"), timing=TimingConfig(rounds=3)
+                )
+                pruned["latency"] = bench(
+                    {"trained": Path(tmp) / "trained", "pruned": Path(tmp) / "pruned"}, timing
+                )
+            rows.append(pruned)
+        _save(
+            args.output, _merge(rows), args, "ETTh1, horizon 96, context 336, test split (scaled), PatchTST"
+        )
+
+
+def _merge(rows: list[dict]) -> list[dict]:
+    """One row per name over the seeds run so far (mean and std of test MSE/MAE)."""
+    by_name: dict[str, list[dict]] = {}
+    for r in rows:
+        by_name.setdefault(r["name"], []).append(r)
+    out = []
+    for name, parts in by_name.items():
+        merged = summary(name, [run for p in parts for run in p["runs"]])
+        if "latency" in parts[0]:
+            merged["latency"] = [p["latency"] for p in parts]
+        out.append(merged)
+    return out
+
+
+def _save(
+    output: str,
+    rows: list[dict],
+    args,
+    benchmark: str = "ETTh1, horizon 96, context 512, test split (scaled), TTM r2",
+) -> None:
     result = {
-        "benchmark": "ETTh1, horizon 96, context 512, test split (scaled), TTM r2",
+        "benchmark": benchmark,
         "machine": f"{platform.processor() or platform.machine()}, {os.cpu_count()} CPU cores, torch threads "
         f"{torch.get_num_threads()} (shared with other jobs)",
         "defaults": {"prune": vars(PruneConfig()), "finetune": vars(FinetuneConfig())},

@@ -13,6 +13,7 @@ import sys
 import aiohttp
 import numpy as np
 import pytest
+from prometheus_client.parser import text_string_to_metric_families
 
 from prunecast.runtime import Backend, BatcherConfig, Forecaster
 from prunecast.runtime.server import FORECAST_PATH, ServeConfig, start_server
@@ -92,17 +93,21 @@ def test_concurrent_clients_are_batched_and_each_gets_its_own_forecast(forecaste
         # merged into other batches: equal up to float32 rounding of batch-size-dependent kernels
         np.testing.assert_allclose(np.array(body["forecast"], np.float32), forecaster.predict(x), atol=1e-6)
     total = sum(len(x) for x in inputs)
-    calls = int(_metric(metrics, "prunecast_batch_size_count"))
-    assert float(_metric(metrics, "prunecast_batch_size_sum")) == total
+    calls = _metric(metrics, "prunecast_batch_size_count")
+    assert _metric(metrics, "prunecast_batch_size_sum") == total
     assert calls < len(inputs)  # requests were merged into batches
-    assert int(_metric(metrics, 'prunecast_batch_size_bucket{le="16"}')) == calls  # none above the max
+    assert _metric(metrics, "prunecast_batch_size_bucket", le="16.0") == calls  # none above the max
+    assert _metric(metrics, "prunecast_execution_total") == calls
+    assert _metric(metrics, "prunecast_inference_total") == total
 
 
-def _metric(text: str, name: str) -> str:
-    for line in text.splitlines():
-        if line.startswith(name + " "):
-            return line.split()[-1]
-    raise AssertionError(f"{name} not in /metrics:\n{text}")
+def _metric(text: str, name: str, **labels: str) -> float:
+    """The value of sample ``name`` with exactly ``labels``, parsed by prometheus_client's own parser."""
+    for family in text_string_to_metric_families(text):
+        for sample in family.samples:
+            if sample.name == name and sample.labels == labels:
+                return sample.value
+    raise AssertionError(f"{name}{labels} not in /metrics:\n{text}")
 
 
 def test_healthz_and_metrics(forecaster):
@@ -118,14 +123,20 @@ def test_healthz_and_metrics(forecaster):
     assert status == 200 and health["status"] == "ok"
     assert health["backend"] == "onnxruntime" and health["context_length"] == L and health["horizon"] == H
     assert m_status == 200 and m_type.startswith("text/plain")
-    assert _metric(text, 'prunecast_requests_total{code="200"}') == "1"
-    assert _metric(text, 'prunecast_requests_total{code="422"}') == "1"
-    assert _metric(text, "prunecast_request_errors_total") == "1"
-    assert _metric(text, "prunecast_series_total") == "3"
-    assert _metric(text, "prunecast_request_duration_seconds_count") == "2"
-    assert _metric(text, 'prunecast_request_duration_seconds_bucket{le="+Inf"}') == "2"
-    assert float(_metric(text, "prunecast_batch_size_sum")) == 3
-    assert _metric(text, "prunecast_queue_depth") == "0"
+    assert _metric(text, "prunecast_requests_total", protocol="v1", code="200") == 1
+    assert _metric(text, "prunecast_requests_total", protocol="v1", code="422") == 1
+    assert _metric(text, "prunecast_request_errors_total", protocol="v1") == 1
+    assert _metric(text, "prunecast_request_errors_total", protocol="v2") == 0
+    assert _metric(text, "prunecast_series_total") == 3
+    assert _metric(text, "prunecast_request_duration_seconds_count", protocol="v1") == 2
+    assert _metric(text, "prunecast_request_duration_seconds_bucket", protocol="v1", le="+Inf") == 2
+    assert _metric(text, "prunecast_batch_size_sum") == 3
+    assert _metric(text, "prunecast_queue_depth") == 0
+    assert _metric(text, "prunecast_queue_duration_seconds_count") == 1  # the one valid request
+    assert _metric(text, "prunecast_compute_duration_seconds_count") == 1
+    assert 0 < _metric(text, "prunecast_compute_duration_seconds_sum") < 10
+    info = {"model": "small_ttm", "source_model": "small-ttm", "backend": "onnxruntime", "device": "cpu"}
+    assert _metric(text, "prunecast_model_info", **info, precision="fp32", version="1") == 1
     assert "# TYPE prunecast_request_duration_seconds histogram" in text
 
 
@@ -227,7 +238,7 @@ def test_a_model_failure_is_a_500_for_that_request_only(forecaster):
 
 def test_serve_command_shuts_down_gracefully_answering_requests_in_flight(small_artifact):
     # A long max wait keeps the requests queued when SIGTERM arrives; shutdown does not wait it out.
-    cmd = [*PRUNECAST, "serve", str(small_artifact), "--port", "0", "--json"]
+    cmd = [*PRUNECAST, "serve", str(small_artifact), "--port", "0", "--json", "--name", "tiny"]
     cmd += ["--backend", "onnxruntime", "--threads", "1", "--max-batch", "1000", "--max-wait-ms", "3000"]
     env = {**os.environ, "PYTHONUNBUFFERED": "1"}
     proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
@@ -235,10 +246,13 @@ def test_serve_command_shuts_down_gracefully_answering_requests_in_flight(small_
         ready = json.loads(proc.stdout.readline())
         url = ready["url"]
         assert ready["backend"] == "onnxruntime" and url.startswith("http://127.0.0.1:")
+        assert ready["name"] == "tiny" and ready["v2_url"] == f"{url}/v2/models/tiny"
         inputs = [series(1, 64, seed=i) for i in range(20)]
 
         async def clients():
             async with aiohttp.ClientSession() as session:
+                async with session.get(ready["v2_url"]) as r:
+                    assert r.status == 200 and (await r.json())["name"] == "tiny"
                 tasks = [asyncio.ensure_future(post(session, url, {"series": x.tolist()})) for x in inputs]
                 await asyncio.sleep(0.3)
                 assert not any(t.done() for t in tasks)  # all still queued

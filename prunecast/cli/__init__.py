@@ -9,9 +9,20 @@ from __future__ import annotations
 import argparse
 import sys
 
-from prunecast.cli import bench, build_engine, evaluate, export, export_triton, finetune, prune, run, serve
+from prunecast.cli import (
+    bench,
+    build_engine,
+    evaluate,
+    export,
+    export_triton,
+    finetune,
+    forecast,
+    prune,
+    run,
+    serve,
+)
 
-COMMANDS = (run, evaluate, prune, finetune, export, build_engine, export_triton, bench, serve)
+COMMANDS = (run, evaluate, prune, finetune, export, build_engine, export_triton, bench, serve, forecast)
 
 
 def build_parser() -> argparse.ArgumentParser:

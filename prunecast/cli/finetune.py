@@ -38,7 +38,14 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from prunecast.compress import FinetuneConfig, count_macs, count_params, finetune, save_model
+    from prunecast.compress import distributed
+
+    with distributed.process_group():  # a no-op outside torchrun
+        return _finetune(args)
+
+
+def _finetune(args: argparse.Namespace) -> int:
+    from prunecast.compress import FinetuneConfig, count_macs, count_params, distributed, finetune, save_model
 
     model, data = load_model_and_data(args)
     teacher = None
@@ -56,7 +63,10 @@ def run(args: argparse.Namespace) -> int:
         seed=args.seed,
     )
     report = finetune(model, data.train, data.val, config, teacher=teacher)
+    if not distributed.is_main():
+        return 0
     summary = report.to_dict()
+    summary["world_size"] = distributed.world_size()
     save_model(
         model,
         args.output,

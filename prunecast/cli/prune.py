@@ -39,7 +39,14 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from prunecast.compress import PruneConfig, prune, save_model
+    from prunecast.compress import distributed
+
+    with distributed.process_group():  # a no-op outside torchrun
+        return _prune(args)
+
+
+def _prune(args: argparse.Namespace) -> int:
+    from prunecast.compress import PruneConfig, distributed, prune, save_model
 
     model, data = load_model_and_data(args)
     config = PruneConfig(
@@ -55,7 +62,10 @@ def run(args: argparse.Namespace) -> int:
         seed=args.seed,
     )
     report = prune(model, data.train, data.val, config)
+    if not distributed.is_main():
+        return 0
     summary = report.to_dict()
+    summary["world_size"] = distributed.world_size()
     save_model(
         model,
         args.output,

@@ -60,7 +60,7 @@ def run(args: argparse.Namespace) -> int:
     from dataclasses import replace
 
     from prunecast.bench import BenchConfig
-    from prunecast.compress import FinetuneConfig, PruneConfig
+    from prunecast.compress import FinetuneConfig, PruneConfig, distributed
     from prunecast.pipeline import RunConfig
     from prunecast.pipeline import run as run_pipeline
 
@@ -84,7 +84,10 @@ def run(args: argparse.Namespace) -> int:
         test_limit=args.test_limit,
         bench=bench_cfg,
     )
-    report = run_pipeline(config)
+    with distributed.process_group():  # a no-op outside torchrun
+        report = run_pipeline(config)
+        if not distributed.is_main():
+            return 0  # rank 0 alone evaluates, exports, benchmarks and reports
     headline = {
         v: {k: report[v][k] for k in ("mse", "mae", "params", "macs")}
         for v in ("zero_shot", "full_finetune", "pruned_finetune")

@@ -1,4 +1,5 @@
-"""``prunecast serve ART_DIR``: the HTTP forecasting service with dynamic batching."""
+"""``prunecast serve ART_DIR``: the HTTP forecasting service with dynamic batching, on its own
+``/v1/forecast`` and on the Open Inference Protocol (KServe v2 / Triton HTTP) at ``/v2``."""
 
 from __future__ import annotations
 
@@ -10,6 +11,9 @@ from prunecast.cli.common import emit
 def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("serve", help="serve forecasts from an artifact over HTTP, with dynamic batching")
     p.add_argument("art_dir", metavar="ART_DIR", help="artifact directory (from `prunecast export`)")
+    p.add_argument(
+        "--name", default=None, help="the model's name on /v2 (default: the artifact directory's name)"
+    )
     p.add_argument("--host", default="127.0.0.1", help="address to listen on (default 127.0.0.1)")
     p.add_argument("--port", type=int, default=8000, help="port (default 8000; 0 picks a free one)")
     p.add_argument("--backend", default="auto", choices=("auto", "onnxruntime", "tensorrt", "torch"))
@@ -32,6 +36,12 @@ def register(sub: argparse._SubParsersAction) -> None:
         help="model calls in flight at once (default 1; e.g. 2 with --threads 1 on a busy 2-core CPU)",
     )
     p.add_argument("--timeout-s", type=float, default=None, help="default per-request timeout (default none)")
+    p.add_argument(
+        "--drain-s",
+        type=float,
+        default=0.0,
+        help="on SIGTERM, seconds to keep serving while /v2/health/ready says 503 (default 0)",
+    )
     p.add_argument("--max-body-mb", type=float, default=8.0, help="largest request body (default 8 MB)")
     p.add_argument("--json", action="store_true", help="print the startup line as one JSON object")
     p.set_defaults(func=run)
@@ -39,7 +49,7 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 def run(args: argparse.Namespace) -> int:
     from prunecast.runtime import BatcherConfig, Forecaster
-    from prunecast.runtime.server import ServeConfig, serve
+    from prunecast.runtime.server import ServeConfig, model_info, serve
 
     batcher = BatcherConfig(
         max_batch_size=args.max_batch,
@@ -49,17 +59,27 @@ def run(args: argparse.Namespace) -> int:
         concurrent_batches=args.concurrent_batches,
     )
     config = ServeConfig(
-        host=args.host, port=args.port, batcher=batcher, max_body_bytes=int(args.max_body_mb * 1024 * 1024)
+        host=args.host,
+        port=args.port,
+        batcher=batcher,
+        max_body_bytes=int(args.max_body_mb * 1024 * 1024),
+        model_name=args.name,
+        drain_s=args.drain_s,
     )
     # spinning off: idle ORT threads would otherwise steal the CPU the event loop needs
     forecaster = Forecaster.load(
         args.art_dir, backend=args.backend, device=args.device, threads=args.threads, spinning=False
     )
 
+    v2 = model_info(forecaster, args.name)
+
     def ready(url: str) -> None:
         info = {
             "url": url,
             **forecaster.describe(),
+            "name": v2.name,
+            "version": v2.version,
+            "v2_url": f"{url}/v2/models/{v2.name}",
             "max_batch_size": args.max_batch,
             "max_wait_ms": args.max_wait_ms,
             "concurrent_batches": args.concurrent_batches,
@@ -72,6 +92,7 @@ def run(args: argparse.Namespace) -> int:
                 f"backend {info['backend']} on {info['device']}"
                 + (f" ({info['fallback']})" if info.get("fallback") else "")
                 + f"; batches up to {args.max_batch} series, waiting at most {args.max_wait_ms} ms",
+                f"Open Inference Protocol: model {v2.name!r} version {v2.version} at {info['v2_url']}",
                 "POST /v1/forecast  GET /healthz  GET /metrics; Ctrl-C stops after answering requests in flight",
             ],
         )

@@ -14,3 +14,10 @@ DEFAULT_BUDGET = 0.18
 5.6-6.7x lower latency at batch 256 over three runs (onnxruntime against eager PyTorch) and a test
 MSE below full fine-tuning's on each of three seeds; 0.25 keeps more accuracy margin, 0.12 is
 faster still."""
+FILL_POLICIES = ("error", "ffill", "interpolate", "zero", "none")
+"""What ``prunecast forecast --fill`` does with a missing value (a NaN cell, or a timestamp absent from
+a series' regular grid): refuse it naming series and timestamp (the default), carry the last value
+forward, interpolate linearly in time, write 0, or leave NaN for a model that takes NaN itself."""
+NAN_CONTEXT_FAMILIES = ("chronos_bolt",)
+"""Families whose exported graph takes NaN in the context as "not observed" (Chronos-Bolt masks it
+out of its scaling and patch embedding); every other family needs finite values."""

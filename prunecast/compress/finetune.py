@@ -9,6 +9,11 @@ learning rate is given, each candidate trains briefly from the same starting wei
 one with the lowest validation MSE wins; the test split is never looked at. Each epoch sees a
 fresh random draw of at most ``windows_per_epoch`` training windows, which bounds wall time on a
 CPU (ETTh1 has ~57k training windows at context 512).
+
+Under ``torchrun`` every rank draws the same batches from the shared seed and trains on its share
+of each; the gradients are summed over the ranks before every step, so the ranks keep the same
+weights, and the validation loss is all-reduced, so they choose the same learning rate and stop
+at the same epoch. Dropout draws its own masks on each rank.
 """
 
 from __future__ import annotations
@@ -21,6 +26,7 @@ import torch
 
 from prunecast.common.defaults import DEFAULT_DISTILL
 from prunecast.common.progress import progress
+from prunecast.compress import distributed
 from prunecast.compress.training import sample_indices, tensors, val_loss
 from prunecast.data.windows import Windows
 from prunecast.models.base import ForecastModule
@@ -39,6 +45,7 @@ class FinetuneConfig:
     windows_per_epoch: int | None = 8192
     """Training windows per epoch (a fresh random draw each epoch); None for all."""
     batch_size: int = 64
+    """Windows per optimiser step, over all processes under ``torchrun`` (a multiple of their number)."""
     weight_decay: float = 0.0
     patience: int = 5
     """Stop after this many epochs without a better validation MSE."""
@@ -62,6 +69,7 @@ class FinetuneConfig:
             raise ValueError("give lr or at least one lr candidate")
         if self.epochs < 1 or self.batch_size < 1 or self.patience < 1:
             raise ValueError("epochs, batch_size and patience must be positive")
+        distributed.check_divides(self.batch_size, "batch_size")
         if not 0 <= self.distill <= 1:
             raise ValueError(f"distill must be in [0, 1], got {self.distill}")
 
@@ -191,21 +199,26 @@ def _train_epoch(
     """One pass over a random draw of ``windows`` training windows; mean training loss."""
     if opt is None:
         opt = torch.optim.Adam(module.parameters(), lr=lr, weight_decay=config.weight_decay)
-    torch.manual_seed(seed)
+    torch.manual_seed(distributed.rank_seed(seed))
     module.train()
     idx = sample_indices(train, windows, seed)
     total, count = 0.0, 0
     n_batches = -(-len(idx) // config.batch_size)
     batches = range(0, len(idx), config.batch_size)
-    for i in progress(batches, n_batches, "finetune", config.show_progress):
-        x, y = tensors(train, idx[i : i + config.batch_size])
-        loss = module.training_loss(x, target(x, y))
+    for i in progress(batches, n_batches, "finetune", distributed.show_progress(config.show_progress)):
+        batch = idx[i : i + config.batch_size]
+        local = distributed.shard(batch)
         opt.zero_grad(set_to_none=True)
-        loss.backward()
+        if len(local):  # a last, short batch may leave a rank nothing to do
+            x, y = tensors(train, local)
+            loss = module.training_loss(x, target(x, y))
+            (loss * (len(local) / len(batch))).backward()  # this rank's share of the batch mean
+            total += float(loss.detach()) * len(x)
+            count += len(x)
+        distributed.all_reduce_gradients(module.parameters())
         opt.step()
-        total += float(loss.detach()) * len(x)
-        count += len(x)
     module.eval()
+    total, count = distributed.all_reduce_sum(total, count)
     return total / max(count, 1)
 
 

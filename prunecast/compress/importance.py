@@ -4,8 +4,9 @@ Give every unit a multiplicative mask ``m`` (at 1) over all its coupled weights 
 first-order change of the training loss when ``m`` goes to 0 is ``s = -dL/dm * m``, and since
 ``dL/dm = sum(w * dL/dw)`` over those weights this needs only ordinary gradients: ``s = -sum(w *
 g)``. The second-order variant uses per-sample mask gradients ``g_i`` and an empirical-Fisher
-curvature: ``s = -(mean(g_i) - mean(g_i**2) / 2)``. Units are ranked by ``|s|``, a change of loss,
-which is comparable across groups and layers: that is what makes one global ranking fair.
+curvature: ``s = -(mean(g_i) - mean(g_i**2) / 2)`` (means over every rank's samples under
+torchrun). Units are ranked by ``|s|``, a change of loss, which is comparable across groups and
+layers: that is what makes one global ranking fair.
 
 Both read the coupled slices from a Torch-Pruning group built by
 :func:`prunecast.compress.groups.tp_group`, and return per-unit scores ``[units]``.
@@ -16,6 +17,8 @@ from __future__ import annotations
 import torch
 import torch_pruning as tp
 from torch import nn
+
+from prunecast.compress import distributed
 
 
 def _coupled_params(dep) -> list[tuple[nn.Parameter, str, int]]:
@@ -78,7 +81,10 @@ class LossGuidedImportance(tp.importance.Importance):
             if self.per_sample_grads is None:
                 raise ValueError("second-order importance needs per-sample gradients")
             g = mask_gradients(group, units, self.per_sample_grads)
-            return -(g.mean(0) - g.square().mean(0) / 2)
+            # under torchrun each rank holds its share of the samples: sum, then average the whole
+            sums = distributed.all_reduce_tensor(torch.stack([g.sum(0), g.square().sum(0)]))
+            (n,) = distributed.all_reduce_sum(g.shape[0])
+            return -(sums[0] / n - sums[1] / n / 2)
         grads = {}
         for item in group:
             for param, _, _ in _coupled_params(item.dep):

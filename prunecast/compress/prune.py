@@ -25,7 +25,9 @@ from torch import nn
 
 from prunecast.common.defaults import DEFAULT_BUDGET, IMPORTANCES, TARGETS
 from prunecast.common.progress import progress
+from prunecast.compress import distributed
 from prunecast.compress.cost import ACTIVATION_COST, count_macs, count_params, latency_cost, linear_rows
+from prunecast.compress.discover import DroppedGroup, dropped_groups, pruning_spec
 from prunecast.compress.groups import remove_units, slice_width, tp_group
 from prunecast.compress.importance import LossGuidedImportance
 from prunecast.compress.training import sample_indices, tensors, val_loss
@@ -51,10 +53,13 @@ class PruneConfig:
     """Share of the remaining prunable units removed per step."""
     max_steps: int = 30
     macro_batch: int = 512
-    """Training windows whose accumulated gradient scores one step."""
+    """Training windows whose accumulated gradient scores one step (under ``torchrun``, split
+    evenly over the processes, so it must be a multiple of their number)."""
     micro_batch: int = 128
+    """Windows per forward/backward pass while accumulating (per process: memory, not results)."""
     per_sample_batch: int = 64
-    """``loss2`` only: windows whose per-sample gradients give the second-order term."""
+    """``loss2`` only: windows whose per-sample gradients give the second-order term (split
+    over the processes like ``macro_batch``)."""
     ema_alpha: float = 0.5
     """Weight of the previous steps' scores in the EMA (0: use only the fresh scores)."""
     min_keep_fraction: float = 0.1
@@ -83,6 +88,10 @@ class PruneConfig:
             raise ValueError(f"ema_alpha must be in [0, 1), got {self.ema_alpha}")
         if self.macro_batch < 1 or self.micro_batch < 1 or self.per_sample_batch < 1:
             raise ValueError("batch sizes must be positive")
+        if self.importance != "magnitude":
+            distributed.check_divides(self.macro_batch, "macro_batch")
+        if self.importance == "loss2":
+            distributed.check_divides(self.per_sample_batch, "per_sample_batch")
 
 
 @dataclass
@@ -119,6 +128,8 @@ class PruneReport:
     stopped_early: bool
     steps: list[PruneStep] = field(default_factory=list)
     layers: list[LayerWidth] = field(default_factory=list)
+    dropped: list[DroppedGroup] = field(default_factory=list)
+    """Traced groups not offered (failed the exactness check, or cannot be sliced), with why."""
 
     def to_dict(self) -> dict:
         """Everything but the module, as JSON-serialisable data."""
@@ -129,7 +140,7 @@ class PruneReport:
             value = getattr(self, name)
             if name == "config":
                 value = asdict(value)
-            elif name in ("steps", "layers"):
+            elif name in ("steps", "layers", "dropped"):
                 value = [asdict(v) for v in value]
             out[name] = value
         out["macs_reduction"] = self.macs_before / max(self.macs_after, 1)
@@ -145,6 +156,7 @@ def prune(
     config.check()
     start = time.perf_counter()
     groups = _groups(module, config.kinds)
+    dropped = dropped_groups(module)
     if not groups:
         raise ValueError(f"{module.family} offers no prunable groups of kinds {config.kinds}")
     original = {g.name: g.units for g in groups}
@@ -158,7 +170,8 @@ def prune(
     ema: dict[str, torch.Tensor] = {}
     steps: list[PruneStep] = []
     stopped_early = False
-    bar = progress(range(config.max_steps), config.max_steps, "prune", config.show_progress)
+    show = distributed.show_progress(config.show_progress)
+    bar = progress(range(config.max_steps), config.max_steps, "prune", show)
     for step in bar:
         metric = _measure(module, config.target)
         if metric <= goal:
@@ -173,7 +186,7 @@ def prune(
                 if prev is None
                 else config.ema_alpha * prev + (1 - config.ema_alpha) * scores[g.name]
             )
-        chosen = _choose(module, groups, ema, floor, metric - goal, config)
+        chosen = _agree(groups, _choose(module, groups, ema, floor, metric - goal, config))
         if not any(chosen.values()):
             break
         snapshot = copy.deepcopy(module.model) if config.tolerance is not None else None
@@ -214,6 +227,7 @@ def prune(
         stopped_early=stopped_early,
         steps=steps,
         layers=[LayerWidth(n, kinds[n], original[n], final[n]) for n in original],
+        dropped=list(dropped),
     )
 
 
@@ -225,7 +239,7 @@ def _measure(module: ForecastModule, target: str) -> float:
 
 
 def _groups(module: ForecastModule, kinds: tuple[str, ...]) -> list[PruneGroup]:
-    return [g for g in module.pruning_spec().groups if g.kind in kinds]
+    return [g for g in pruning_spec(module).groups if g.kind in kinds]
 
 
 def _scores(
@@ -242,13 +256,17 @@ def _scores(
     module.zero_grad(set_to_none=True)
     if importance.second_order:
         importance.per_sample_grads = per_sample_gradients(
-            module, *tensors(train, idx[: config.per_sample_batch])
+            module, *tensors(train, distributed.shard(idx[: config.per_sample_batch]))
         )
     else:
-        for i in range(0, len(idx), config.micro_batch):
-            x, y = tensors(train, idx[i : i + config.micro_batch])
+        # each rank accumulates its share of the macro batch, weighted by its share of the whole,
+        # so the gradients summed over the ranks are the macro batch's
+        local = distributed.shard(idx)
+        for i in range(0, len(local), config.micro_batch):
+            x, y = tensors(train, local[i : i + config.micro_batch])
             loss = module.training_loss(x, y) * (len(x) / len(idx))
             loss.backward()
+        distributed.all_reduce_gradients(module.parameters())
     scores = {g.name: importance.signed(tp_group(module, g), g.units) for g in groups}
     module.zero_grad(set_to_none=True)
     module.train(was_training)
@@ -303,6 +321,22 @@ def _unit_costs(module: ForecastModule, group: PruneGroup, rows: dict[str, int],
         elif target == "params":
             cost += sum(p.shape[-1] > 0 for p in layer.parameters()) * per_unit
     return cost
+
+
+def _agree(groups: list[PruneGroup], chosen: dict[str, list[int]]) -> dict[str, list[int]]:
+    """Rank 0's choice of units on every rank: the scores agree across ranks, but a last-bit
+    difference (another CPU in a multi-node job) must never give the ranks different models."""
+    if distributed.world_size() == 1:
+        return chosen
+    offsets = np.cumsum([0] + [g.units for g in groups])
+    mask = torch.zeros(int(offsets[-1]), dtype=torch.uint8)
+    for g, start in zip(groups, offsets, strict=False):
+        mask[start + torch.tensor(chosen[g.name], dtype=torch.long)] = 1
+    distributed.broadcast_tensor(mask)
+    return {
+        g.name: torch.nonzero(mask[start : start + g.units]).flatten().tolist()
+        for g, start in zip(groups, offsets, strict=False)
+    }
 
 
 def _choose(

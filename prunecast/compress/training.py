@@ -5,6 +5,7 @@ from __future__ import annotations
 import numpy as np
 import torch
 
+from prunecast.compress import distributed
 from prunecast.data.windows import Windows
 from prunecast.models.base import ForecastModule
 
@@ -28,13 +29,19 @@ def tensors(windows: Windows, indices: np.ndarray) -> tuple[torch.Tensor, torch.
 
 @torch.no_grad()
 def val_loss(module: ForecastModule, windows: Windows, indices: np.ndarray, batch_size: int = 512) -> float:
-    """Mean squared error of ``module`` over the windows ``indices`` (eval mode, restored after)."""
+    """Mean squared error of ``module`` over the windows ``indices`` (eval mode, restored after).
+
+    Under ``torchrun`` each rank evaluates its share of ``indices`` and the sums are all-reduced,
+    so every rank gets the same loss and takes the same early-stopping decision.
+    """
     was_training = module.training
     module.eval()
+    indices = distributed.shard(indices)
     total, count = 0.0, 0
     for i in range(0, len(indices), batch_size):
         x, y = tensors(windows, np.sort(indices[i : i + batch_size]))
         total += float(torch.square(module(x) - y).sum())
         count += y.numel()
     module.train(was_training)
+    total, count = distributed.all_reduce_sum(total, count)
     return total / count

@@ -8,11 +8,21 @@ from pathlib import Path
 from prunecast.common.defaults import DEFAULT_MODEL
 from prunecast.models.base import ForecastModule, ModelAdapter, ModelError
 from prunecast.models.chronos_bolt import ChronosBoltAdapter
+from prunecast.models.generic import GenericAdapter, WrappedForecast, wrap
+from prunecast.models.patchtst import PatchTSMixerAdapter, PatchTSTAdapter
 from prunecast.models.timesfm import TimesFMAdapter
 from prunecast.models.ttm import TTMAdapter
 
 ADAPTERS: dict[str, ModelAdapter] = {
-    a.family: a for a in (TTMAdapter(), ChronosBoltAdapter(), TimesFMAdapter())
+    a.family: a
+    for a in (
+        TTMAdapter(),
+        ChronosBoltAdapter(),
+        TimesFMAdapter(),
+        PatchTSTAdapter(),
+        PatchTSMixerAdapter(),
+        GenericAdapter(),
+    )
 }
 
 
@@ -65,6 +75,8 @@ __all__ = [
     "ForecastModule",
     "ModelAdapter",
     "ModelError",
+    "WrappedForecast",
     "adapter_for",
     "load_pretrained",
+    "wrap",
 ]

@@ -114,6 +114,11 @@ class ForecastModule(nn.Module, ABC):
     """``context [B, L] -> forecast [B, H]`` over a family's own model (kept as ``self.model``)."""
 
     family: str
+    traced_coupling: bool = False
+    """True where the coupling is not written in :meth:`pruning_spec` but left to compress to trace
+    (a user's model, transformers' PatchTST): compress then adds the traced groups that it has
+    checked remove exactly to this spec's groups. Families whose reshapes defeat the tracer write
+    their spec and leave this False."""
 
     def __init__(self, model: nn.Module, context_length: int, horizon: int):
         super().__init__()

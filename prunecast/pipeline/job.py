@@ -4,6 +4,10 @@ Stages: zero-shot test accuracy -> (optional) full fine-tuning baseline -> loss-
 progressive pruning -> fine-tuning of the pruned model -> test accuracy -> ONNX export of the
 original and pruned models with parity -> latency of both on every backend -> report.json,
 report.md and plots. The test split is only ever evaluated, never used to choose anything.
+
+Under ``torchrun`` every rank joins the two training stages (pruning, fine-tuning, and the full
+fine-tuning baseline), data-parallel; evaluation, export, latency and the report are rank 0's
+alone, and the other ranks return once training is done.
 """
 
 from __future__ import annotations
@@ -23,6 +27,7 @@ from prunecast.compress import (
     PruneConfig,
     count_macs,
     count_params,
+    distributed,
     finetune,
     load_model,
     prune,
@@ -54,10 +59,13 @@ class RunConfig:
 
 
 def run(config: RunConfig, log=None) -> dict:
-    """Run every stage, write ``config.out``, and return the report as a dict."""
-    log = log or _stderr
+    """Run every stage, write ``config.out``, and return the report as a dict (on rank 0; the
+    other ranks of a ``torchrun`` job return an empty dict after fine-tuning)."""
+    main = distributed.is_main()
+    log = (log or _stderr) if main else _silent
     out = Path(config.out)
-    out.mkdir(parents=True, exist_ok=True)
+    if main:
+        out.mkdir(parents=True, exist_ok=True)
     started = time.perf_counter()
     stages = 6 + int(config.compare_full_finetune)
     stage = iter(range(1, stages + 1))
@@ -75,13 +83,18 @@ def run(config: RunConfig, log=None) -> dict:
         else min(config.test_limit, len(data.test)),
     }
     variants: dict[str, ForecastModule] = {"zero_shot": original}
-    report["zero_shot"] = _accuracy(original, data.test, config.test_limit)
+    if main:
+        report["zero_shot"] = _accuracy(original, data.test, config.test_limit)
 
     if config.compare_full_finetune:
         log(f"[{next(stage)}/{stages}] full fine-tuning baseline")
         full = copy.deepcopy(original)
         ft = finetune(full, data.train, data.val, config.finetune)
-        report["full_finetune"] = {**_accuracy(full, data.test, config.test_limit), "finetune": ft.to_dict()}
+        if main:
+            report["full_finetune"] = {
+                **_accuracy(full, data.test, config.test_limit),
+                "finetune": ft.to_dict(),
+            }
         variants["full_finetune"] = full
 
     log(
@@ -91,6 +104,9 @@ def run(config: RunConfig, log=None) -> dict:
     pr = prune(pruned, data.train, data.val, config.prune)
     log(f"[{next(stage)}/{stages}] fine-tuning the pruned model, distilling from the original")
     ft = finetune(pruned, data.train, data.val, config.finetune, teacher=original)
+    if not main:
+        return {}
+    report["world_size"] = distributed.world_size()
     model_dir = save_model(pruned, out / "pruned_model", metadata={"source_model": config.model})
     report["pruned_finetune"] = {
         **_accuracy(pruned, data.test, config.test_limit),
@@ -145,6 +161,10 @@ def _examples(variants: dict[str, ForecastModule], windows, count: int) -> dict:
         "truths": truths,
         "forecasts": {name: m.eval()(x).numpy() for name, m in variants.items()},
     }
+
+
+def _silent(message: str) -> None:
+    pass
 
 
 def _stderr(message: str) -> None:

@@ -10,6 +10,7 @@ rather than letting latency grow without limit.
 from __future__ import annotations
 
 import asyncio
+import time
 from collections import deque
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
@@ -65,19 +66,25 @@ class _Pending:
     enqueued: float
 
 
-class MicroBatcher:
-    """Runs ``run([N, L]) -> [N, H]`` on batches gathered from concurrent :meth:`submit` calls.
+#: what a model call returns: one array, or named arrays (e.g. forecast and quantiles), each
+#: with the batch on its first axis; a request gets the same kind, sliced to its rows
+Outputs = np.ndarray | dict[str, np.ndarray]
 
-    ``on_batch(size)`` is called after each model call (for metrics). One failing request
-    never fails the others: if a merged batch raises, its requests are retried one by one
-    and only the failing ones get the error.
+
+class MicroBatcher:
+    """Runs ``run([N, L]) -> [N, ...]`` on batches gathered from concurrent :meth:`submit` calls.
+
+    ``on_batch(size, compute_s, queued_s)`` is called after each model call (for metrics):
+    the series in the batch, the call's time in its worker thread, and how long each of its
+    requests waited in the queue. One failing request never fails the others: if a merged
+    batch raises, its requests are retried one by one and only the failing ones get the error.
     """
 
     def __init__(
         self,
-        run: Callable[[np.ndarray], np.ndarray],
+        run: Callable[[np.ndarray], Outputs],
         config: BatcherConfig = BatcherConfig(),
-        on_batch: Callable[[int], None] | None = None,
+        on_batch: Callable[[int, float, list[float]], None] | None = None,
     ):
         self._run = run
         self.config = config
@@ -105,8 +112,8 @@ class MicroBatcher:
         )
         self._worker = asyncio.get_running_loop().create_task(self._work(), name="prunecast-batcher")
 
-    async def submit(self, batch: np.ndarray, timeout_s: float | None = None) -> np.ndarray:
-        """Forecasts for ``batch`` ``[n, L]`` (validated float32), once its turn comes.
+    async def submit(self, batch: np.ndarray, timeout_s: float | None = None) -> Outputs:
+        """Outputs for ``batch`` ``[n, L]`` (validated float32), once its turn comes.
 
         Raises :class:`Overloaded` when the queue is full, :class:`BatcherClosed` during
         shutdown and :class:`RequestTimeout` when ``timeout_s`` (or the config's default)
@@ -192,9 +199,10 @@ class MicroBatcher:
         return items
 
     async def _run_batch(self, loop: asyncio.AbstractEventLoop, items: list[_Pending]) -> None:
+        started = loop.time()
         batch = items[0].batch if len(items) == 1 else np.concatenate([p.batch for p in items])
         try:
-            out = await loop.run_in_executor(self._executor, self._run, batch)
+            out, compute_s = await loop.run_in_executor(self._executor, self._timed_run, batch)
         except Exception as exc:  # noqa: BLE001 - delivered to the requests, never lost
             if len(items) == 1:
                 _deliver(items[0].future, exc=exc)
@@ -203,12 +211,24 @@ class MicroBatcher:
                     await self._run_batch(loop, [pending])
             return
         if self._on_batch is not None:
-            self._on_batch(len(batch))
+            self._on_batch(len(batch), compute_s, [started - p.enqueued for p in items])
         start = 0
         for pending in items:
             stop = start + len(pending.batch)
-            _deliver(pending.future, result=out[start:stop])
+            _deliver(pending.future, result=_rows(out, start, stop))
             start = stop
+
+    def _timed_run(self, batch: np.ndarray) -> tuple[Outputs, float]:
+        """The model call and its time, taken in the worker thread (no executor hand-off in it)."""
+        start = time.perf_counter()
+        out = self._run(batch)
+        return out, time.perf_counter() - start
+
+
+def _rows(out: Outputs, start: int, stop: int) -> Outputs:
+    if isinstance(out, dict):
+        return {name: array[start:stop] for name, array in out.items()}
+    return out[start:stop]
 
 
 def _deliver(future: asyncio.Future, result=None, exc: BaseException | None = None) -> None:

@@ -8,6 +8,7 @@ import numpy as np
 
 from prunecast.export.manifest import FORECAST, QUANTILES, Manifest, load_manifest
 from prunecast.runtime.backends import Backend, BackendOptions, open_backend
+from prunecast.runtime.frame import forecast_frame
 from prunecast.runtime.validation import prepare_batch
 
 
@@ -113,6 +114,33 @@ class Forecaster:
                 f"({'TTM point forecasts' if self.manifest.family == 'ttm' else 'point forecasts only'}); "
                 "use predict for its point forecasts, or export a quantile model (Chronos-Bolt, TimesFM)"
             )
+
+    def forecast_frame(
+        self,
+        df,
+        horizon: int | None = None,
+        id_column: str | None = None,
+        timestamp_column: str | None = None,
+        target_column: str | list[str] | None = None,
+        freq: str | None = None,
+        fill: str = "error",
+        quantiles: bool = False,
+        pad: bool = False,
+    ):
+        """Forecasts for a panel DataFrame, as a long DataFrame of future-stamped rows.
+
+        ``df`` is long (one row per series id, timestamp and value; the columns detected as
+        ``unique_id/ds/y``, ``item_id/timestamp/target`` or ``id/timestamp/value`` unless named)
+        or wide (a timestamp column and one column per series). The result has the id column
+        (``unique_id`` for wide input), the timestamp column holding the ``horizon`` steps after
+        each series' last timestamp at its frequency (inferred, or ``freq``), ``forecast``, and
+        with ``quantiles`` one ``q<level>`` column per quantile level. ``fill`` handles missing
+        values (``error``, ``ffill``, ``interpolate``, ``zero``, ``none``); ``pad`` left-pads
+        series shorter than the context. Bad data is a ``DataError`` naming series and timestamp.
+        """
+        return forecast_frame(
+            self, df, horizon, id_column, timestamp_column, target_column, freq, fill, quantiles, pad
+        )
 
     def describe(self) -> dict:
         """The model and backend, as plain data (for ``/healthz`` and reports)."""
