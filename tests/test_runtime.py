@@ -144,7 +144,7 @@ def test_large_batches_run_as_parts_on_every_thread_with_the_same_forecasts(smal
     assert not forecaster.describe()["split_batches"]  # one thread: nothing to split across
     parts = []
     run_single = split.backend._run_single
-    split.backend._run_single = lambda chunk: parts.append(len(chunk)) or run_single(chunk)
+    split.backend._run_single = lambda chunk, names: parts.append(len(chunk)) or run_single(chunk, names)
     for n, expected_parts in ((37, [12, 12, 13]), (16, [8, 8]), (15, [])):
         parts.clear()
         x = series(n, 70, seed=n)

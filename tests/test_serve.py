@@ -212,10 +212,10 @@ class PoisonedBackend(Backend):
     def __init__(self, inner: Backend):
         self.inner, self.name, self.device, self.max_batch = inner, inner.name, inner.device, inner.max_batch
 
-    def run(self, batch: np.ndarray) -> np.ndarray:
+    def run_outputs(self, batch: np.ndarray, outputs: tuple[str, ...]) -> dict[str, np.ndarray]:
         if (batch[:, 0] == 1e6).any():
             raise RuntimeError("poisoned series")
-        return self.inner.run(batch)
+        return self.inner.run_outputs(batch, outputs)
 
 
 def test_a_model_failure_is_a_500_for_that_request_only(forecaster):

@@ -12,8 +12,13 @@ Layout (paths relative to ``ART_DIR``, each listed in ``files``):
 - ``torch/``: the PyTorch model, loadable with ``prunecast.compress.load_model``.
 - ``*.plan``: TensorRT engines, one entry each in ``engines``.
 
+Outputs: ``forecast [batch, H]``, the point forecast (the median for quantile models), always
+first; quantile families (Chronos-Bolt, TimesFM) add ``quantiles [batch, Q, H]``, one row per
+level in ``quantile_levels`` (empty, and no second output, for point models such as TTM).
+
 ``parity`` is the FP32 export checked against PyTorch; ``fp16_parity`` is present when
 ``model.onnx`` was converted to FP16, and measures that graph against PyTorch.
+``quantile_parity`` and ``fp16_quantile_parity`` are the same checks on the ``quantiles`` output.
 """
 
 from __future__ import annotations
@@ -29,6 +34,8 @@ MANIFEST_NAME = "manifest.json"
 ONNX_NAME = "model.onnx"
 TORCH_DIR = "torch"
 BATCH_AXIS = "batch"
+FORECAST = "forecast"
+QUANTILES = "quantiles"
 PRECISIONS = ("fp32", "fp16")
 
 
@@ -116,6 +123,9 @@ class Manifest:
     files: dict[str, str]
     parity: Parity
     fp16_parity: Parity | None = None
+    quantile_levels: tuple[float, ...] = ()
+    quantile_parity: Parity | None = None
+    fp16_quantile_parity: Parity | None = None
     engines: list[EngineEntry] = field(default_factory=list)
     format: str = FORMAT
     format_version: int = FORMAT_VERSION
@@ -126,7 +136,12 @@ class Manifest:
 
     @property
     def output(self) -> TensorSpec:
+        """The point forecast ``[batch, H]``."""
         return self.outputs[0]
+
+    @property
+    def output_names(self) -> tuple[str, ...]:
+        return tuple(spec.name for spec in self.outputs)
 
     def engine(self, precision: str) -> EngineEntry | None:
         """The engine entry of ``precision``, if one was built."""
@@ -134,8 +149,10 @@ class Manifest:
 
     def to_dict(self) -> dict:
         data = asdict(self)
-        if self.fp16_parity is None:
-            del data["fp16_parity"]
+        data["quantile_levels"] = list(self.quantile_levels)
+        for name in ("fp16_parity", "quantile_parity", "fp16_quantile_parity"):
+            if data[name] is None:
+                del data[name]
         # format first, for a reader opening the file by hand
         return {"format": data.pop("format"), "format_version": data.pop("format_version"), **data}
 
@@ -165,7 +182,11 @@ class Manifest:
                 versions={str(k): str(v) for k, v in data["versions"].items()},
                 files={str(k): str(v) for k, v in data["files"].items()},
                 parity=Parity.from_dict(data["parity"]),
-                fp16_parity=Parity.from_dict(data["fp16_parity"]) if data.get("fp16_parity") else None,
+                fp16_parity=_parity(data, "fp16_parity"),
+                # manifests written before quantile outputs existed have none
+                quantile_levels=tuple(float(q) for q in data.get("quantile_levels", ())),
+                quantile_parity=_parity(data, "quantile_parity"),
+                fp16_quantile_parity=_parity(data, "fp16_quantile_parity"),
                 engines=[EngineEntry.from_dict(e) for e in data.get("engines", [])],
             )
         except KeyError as exc:
@@ -179,21 +200,43 @@ class Manifest:
         """Refuse a manifest whose parts contradict each other (e.g. a shape that is not ``[batch, L]``)."""
         if self.precision not in PRECISIONS:
             raise ArtifactError(f"{where}: precision {self.precision!r} is not one of {PRECISIONS}")
+        self._check_quantiles(where)
         expected = (
-            ("inputs", self.inputs, "context", [BATCH_AXIS, self.context_length]),
-            ("outputs", self.outputs, "forecast", [BATCH_AXIS, self.horizon]),
+            ("inputs", self.inputs, [("context", [BATCH_AXIS, self.context_length])]),
+            ("outputs", self.outputs, self.expected_outputs()),
         )
-        for kind, specs, name, shape in expected:
-            if len(specs) != 1 or specs[0].name != name or specs[0].shape != shape:
-                got = [(s.name, s.shape) for s in specs]
-                raise ArtifactError(f"{where}: {kind} are {got}, expected [({name!r}, {shape})]")
-            if specs[0].dtype != "float32":
-                raise ArtifactError(f"{where}: {kind} {name!r} has dtype {specs[0].dtype}, expected float32")
+        for kind, specs, want in expected:
+            got = [(s.name, s.shape) for s in specs]
+            if got != want:
+                raise ArtifactError(f"{where}: {kind} are {got}, expected {want}")
+            for spec in specs:
+                if spec.dtype != "float32":
+                    raise ArtifactError(
+                        f"{where}: {kind} {spec.name!r} has dtype {spec.dtype}, expected float32"
+                    )
         if ONNX_NAME not in self.files:
             raise ArtifactError(f"{where}: files does not list {ONNX_NAME}")
         for engine in self.engines:
             if self.files.get(engine.file) != engine.sha256:
                 raise ArtifactError(f"{where}: engine {engine.file} is not listed in files with its sha256")
+
+    def expected_outputs(self) -> list[tuple[str, list[int | str]]]:
+        """``(name, shape)`` of every output the model has: the forecast, then any quantiles."""
+        outputs = [(FORECAST, [BATCH_AXIS, self.horizon])]
+        if self.quantile_levels:
+            outputs.append((QUANTILES, [BATCH_AXIS, len(self.quantile_levels), self.horizon]))
+        return outputs
+
+    def _check_quantiles(self, where: str) -> None:
+        levels = list(self.quantile_levels)
+        if levels and (levels != sorted(set(levels)) or not 0 < levels[0] <= levels[-1] < 1 or 0.5 not in levels):
+            raise ArtifactError(
+                f"{where}: quantile_levels {levels} must be distinct, ascending, inside (0, 1) and hold 0.5"
+            )
+        if bool(levels) != (self.quantile_parity is not None):
+            raise ArtifactError(f"{where}: quantile_levels and quantile_parity must be given together")
+        if bool(levels and self.fp16_parity) != (self.fp16_quantile_parity is not None):
+            raise ArtifactError(f"{where}: an FP16 artifact with quantiles needs fp16_quantile_parity, no other")
 
     def save(self, art_dir: str | Path) -> Path:
         """Write ``manifest.json`` into ``art_dir`` (the files must already be hashed into ``files``)."""
@@ -201,6 +244,10 @@ class Manifest:
         path = Path(art_dir) / MANIFEST_NAME
         path.write_text(json.dumps(self.to_dict(), indent=2) + "\n")
         return path
+
+
+def _parity(data: dict, key: str) -> Parity | None:
+    return Parity.from_dict(data[key]) if data.get(key) else None
 
 
 def sha256_file(path: str | Path) -> str:

@@ -3,7 +3,9 @@
 The module is exported with torch's dynamo exporter (a symbolic ``batch`` axis), rewritten for
 speed (:mod:`prunecast.export.optimize`), checked with ``onnx.checker``, run in onnxruntime on
 real scaled windows at several batch sizes against PyTorch, optionally converted to FP16 and
-checked again, and written with its PyTorch weights and a manifest. Everything is built in a
+checked again, and written with its PyTorch weights and a manifest. A model with quantiles
+(``module.quantile_levels``) gets a second output, ``quantiles [batch, Q, H]``, from the same pass
+as ``forecast``, and each output has its own parity check. Everything is built in a
 staging directory and moved into place only when every check passed, so a failed export leaves
 nothing behind.
 """
@@ -26,7 +28,9 @@ import torch
 from prunecast.export.graph import check_graph
 from prunecast.export.manifest import (
     BATCH_AXIS,
+    FORECAST,
     ONNX_NAME,
+    QUANTILES,
     TORCH_DIR,
     ExportError,
     Manifest,
@@ -44,7 +48,7 @@ class ExportConfig:
     """How to export and how strictly to check the result.
 
     Tolerances are on the max abs error relative to the output scale: the allowed error is
-    ``tolerance * max(1, max |forecast|)``, an absolute bound on scaled data.
+    ``tolerance * max(1, max |output|)``, an absolute bound on scaled data, for each output.
     """
 
     opset: int = 18
@@ -97,10 +101,11 @@ def _build(module: ForecastModule, stage: Path, config: ExportConfig, contexts: 
         from prunecast.export.optimize import optimize_graph
 
         onnx.save(optimize_graph(onnx.load(onnx_path))[0], onnx_path)
-    check_graph(onnx_path, module.context_length, module.horizon)
-    reference = _torch_forecasts(module, contexts, config.batch_sizes)
+    levels = module.quantile_levels
+    check_graph(onnx_path, module.context_length, module.horizon, quantiles=len(levels))
+    reference = _torch_outputs(module, contexts, config.batch_sizes)
     parity = measure_parity(onnx_path, contexts, reference, config.batch_sizes, config.tolerance)
-    fp16_parity = None
+    fp16_parity = {}
     if config.fp16:
         from prunecast.export.fp16 import convert_to_fp16
 
@@ -108,6 +113,9 @@ def _build(module: ForecastModule, stage: Path, config: ExportConfig, contexts: 
         fp16_parity = measure_parity(
             onnx_path, contexts, reference, config.batch_sizes, config.fp16_tolerance, "FP16"
         )
+    outputs = [TensorSpec(FORECAST, [BATCH_AXIS, module.horizon])]
+    if levels:
+        outputs.append(TensorSpec(QUANTILES, [BATCH_AXIS, len(levels), module.horizon]))
     from prunecast.compress import save_model
 
     save_model(module, stage / TORCH_DIR)
@@ -117,29 +125,46 @@ def _build(module: ForecastModule, stage: Path, config: ExportConfig, contexts: 
         context_length=module.context_length,
         horizon=module.horizon,
         inputs=[TensorSpec("context", [BATCH_AXIS, module.context_length])],
-        outputs=[TensorSpec("forecast", [BATCH_AXIS, module.horizon])],
+        outputs=outputs,
         precision="fp16" if config.fp16 else "fp32",
         parameters=sum(p.numel() for p in module.parameters()),
         opset=config.opset,
         versions=_versions(),
         files=hash_tree(stage, sorted(p.name for p in stage.iterdir())),
-        parity=parity,
-        fp16_parity=fp16_parity,
+        parity=parity[FORECAST],
+        fp16_parity=fp16_parity.get(FORECAST),
+        quantile_levels=levels,
+        quantile_parity=parity.get(QUANTILES),
+        fp16_quantile_parity=fp16_parity.get(QUANTILES),
     )
     manifest.save(stage)
     return manifest
 
 
+class _WithQuantiles(torch.nn.Module):
+    """``context -> (forecast, quantiles)`` in one pass, the graph a quantile family exports."""
+
+    def __init__(self, module: ForecastModule):
+        super().__init__()
+        self.module = module
+
+    def forward(self, context: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        return self.module.forecast_and_quantiles(context)
+
+
 def export_graph(module: ForecastModule, path: Path, opset: int) -> None:
-    """Run the dynamo exporter with a symbolic batch axis; an untraceable forward is an ExportError."""
+    """Run the dynamo exporter with a symbolic batch axis; an untraceable forward is an ExportError.
+
+    A model with quantile levels is exported with both outputs, ``forecast`` first."""
     batch = torch.export.Dim(BATCH_AXIS, min=1)
+    with_quantiles = bool(module.quantile_levels)
     try:
         with _quiet_exporter():
             program = torch.onnx.export(
-                module,
+                _WithQuantiles(module) if with_quantiles else module,
                 (module.example_input(2),),
                 input_names=["context"],
-                output_names=["forecast"],
+                output_names=[FORECAST, QUANTILES] if with_quantiles else [FORECAST],
                 dynamic_shapes={"context": {0: batch}},
                 opset_version=opset,
                 dynamo=True,
@@ -170,37 +195,51 @@ def parity_windows(data: str, module: ForecastModule, count: int) -> np.ndarray:
 def measure_parity(
     onnx_path: Path,
     contexts: np.ndarray,
-    reference: dict[int, np.ndarray],
+    reference: dict[str, dict[int, np.ndarray]],
     batch_sizes: tuple[int, ...],
     tolerance: float,
     label: str = "FP32",
-) -> Parity:
-    """Max abs error of onnxruntime against PyTorch at each batch size; above tolerance is an ExportError."""
+) -> dict[str, Parity]:
+    """Max abs error of onnxruntime against PyTorch at each batch size, per output in ``reference``
+    (``{output: {batch: PyTorch result}}``); an output above its tolerance is an ExportError."""
     import onnxruntime as ort
 
     session = ort.InferenceSession(str(onnx_path), providers=["CPUExecutionProvider"])
-    max_err, scale = 0.0, 1.0
+    names = list(reference)
+    max_err, scale = dict.fromkeys(names, 0.0), dict.fromkeys(names, 1.0)
     for batch in batch_sizes:
-        got = session.run(["forecast"], {"context": contexts[:batch]})[0]
-        want = reference[batch]
-        if got.shape != want.shape:
-            raise ExportError(f"{label} ONNX gives shape {got.shape} at batch {batch}, PyTorch {want.shape}")
-        max_err = max(max_err, float(np.abs(got - want).max()))
-        scale = max(scale, float(np.abs(want).max()))
-    allowed = tolerance * scale
-    if not max_err <= allowed:  # also catches NaN
-        raise ExportError(
-            f"{label} ONNX parity fails: max abs error {max_err:.3g} over batches {list(batch_sizes)} "
-            f"exceeds {allowed:.3g} (tolerance {tolerance:g} x output scale {scale:.3g})"
-        )
-    return Parity(max_err, max_err / scale, list(batch_sizes), tolerance)
+        results = session.run(names, {"context": contexts[:batch]})  # every output from one run
+        for name, got in zip(names, results, strict=True):
+            want = reference[name][batch]
+            if got.shape != want.shape:
+                raise ExportError(
+                    f"{label} ONNX gives {name} of shape {got.shape} at batch {batch}, PyTorch {want.shape}"
+                )
+            max_err[name] = max(max_err[name], float(np.abs(got - want).max()))
+            scale[name] = max(scale[name], float(np.abs(want).max()))
+    parity = {}
+    for name in names:
+        allowed = tolerance * scale[name]
+        if not max_err[name] <= allowed:  # also catches NaN
+            raise ExportError(
+                f"{label} ONNX parity fails: max abs error {max_err[name]:.3g} of {name} over batches "
+                f"{list(batch_sizes)} exceeds {allowed:.3g} (tolerance {tolerance:g} x output scale "
+                f"{scale[name]:.3g})"
+            )
+        parity[name] = Parity(max_err[name], max_err[name] / scale[name], list(batch_sizes), tolerance)
+    return parity
 
 
 @torch.inference_mode()
-def _torch_forecasts(
+def _torch_outputs(
     module: ForecastModule, contexts: np.ndarray, batch_sizes: tuple[int, ...]
-) -> dict[int, np.ndarray]:
-    return {b: module(torch.from_numpy(contexts[:b])).numpy() for b in batch_sizes}
+) -> dict[str, dict[int, np.ndarray]]:
+    """The PyTorch reference per output: ``forward`` for the forecast, ``quantiles`` for the quantiles."""
+    inputs = {b: torch.from_numpy(contexts[:b]) for b in batch_sizes}
+    reference = {FORECAST: {b: module(x).numpy() for b, x in inputs.items()}}
+    if module.quantile_levels:
+        reference[QUANTILES] = {b: module.quantiles(x).numpy() for b, x in inputs.items()}
+    return reference
 
 
 def _versions() -> dict[str, str]:

@@ -129,6 +129,27 @@ class ForecastModule(nn.Module, ABC):
     @abstractmethod
     def forward(self, context: torch.Tensor) -> torch.Tensor: ...
 
+    @property
+    def quantile_levels(self) -> tuple[float, ...]:
+        """The levels :meth:`quantiles` forecasts, ascending; empty for point-forecast families."""
+        return ()
+
+    def quantiles(self, context: torch.Tensor) -> torch.Tensor:
+        """Quantile forecasts ``[B, Q, H]``, one per level in :attr:`quantile_levels`."""
+        raise ModelError(f"the {self.family} model gives point forecasts only; it has no quantiles")
+
+    def forecast_and_quantiles(self, context: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """``forward`` and :meth:`quantiles` from one pass: the point forecast of a quantile family is
+        its median, so it is read out of the quantiles rather than computed again (the exported
+        graph with both outputs runs the model once)."""
+        quantiles = self.quantiles(context)
+        return quantiles[:, self.median_index, :], quantiles
+
+    @property
+    def median_index(self) -> int:
+        """Where the median (the point forecast) is among :attr:`quantile_levels`."""
+        return self.quantile_levels.index(0.5)
+
     def training_loss(self, context: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
         """The scalar loss this family trains on, for ``context [B, L]`` and ``target [B, H]``.
 

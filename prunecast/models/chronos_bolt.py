@@ -77,12 +77,8 @@ class ChronosBoltForecast(ForecastModule):
         return self.model(context=context, target=target[:, :block]).loss
 
     @property
-    def quantile_levels(self) -> list[float]:
-        return list(self.model.chronos_config.quantiles)
-
-    @property
-    def median_index(self) -> int:
-        return self.quantile_levels.index(0.5)
+    def quantile_levels(self) -> tuple[float, ...]:
+        return tuple(float(q) for q in self.model.chronos_config.quantiles)
 
     def config_dict(self) -> dict:
         config = self.model.config.to_dict()

@@ -136,6 +136,10 @@ class TimesFMForecast(ForecastModule):
         """Quantile forecasts ``[B, 9, H]`` (levels 0.1 .. 0.9; index 0 of the package, its mean, is left out)."""
         return self._forecast(context)[..., 1:].transpose(1, 2)
 
+    @property
+    def quantile_levels(self) -> tuple[float, ...]:
+        return tuple(float(q) for q in self.model.config.quantiles)
+
     def _forecast(self, context: torch.Tensor) -> torch.Tensor:
         """``[B, H, q]`` as the package's ``forecast`` returns it (mean, then the quantiles)."""
         batch = context.shape[0]
@@ -351,6 +355,12 @@ def _finish(module: TimesFMForecast, horizon, context_length, source: str) -> Ti
         raise ModelError(
             f"{source}: context {module.context_length} plus horizon {module.horizon} exceeds TimesFM's "
             f"context limit {m.config.context_limit}"
+        )
+    levels = module.quantile_levels
+    if 0.5 not in levels or m.aridx != levels.index(0.5) + 1:  # output 0 is the mean, then the levels
+        raise ModelError(
+            f"{source}: decode index {m.aridx} is not the median of quantiles {list(levels)}; "
+            "the point forecast must be the median"
         )
     module.eval()
     return module

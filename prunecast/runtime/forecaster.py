@@ -6,7 +6,7 @@ from pathlib import Path
 
 import numpy as np
 
-from prunecast.export.manifest import Manifest, load_manifest
+from prunecast.export.manifest import FORECAST, QUANTILES, Manifest, load_manifest
 from prunecast.runtime.backends import Backend, BackendOptions, open_backend
 from prunecast.runtime.frame import forecast_frame
 from prunecast.runtime.validation import prepare_batch
@@ -17,7 +17,8 @@ class Forecaster:
 
     Create it once with :meth:`load` and reuse it: the backend session, its threads and
     any device buffers live as long as the forecaster. :meth:`predict` is safe to call from
-    several threads.
+    several threads. Quantile models (Chronos-Bolt, TimesFM) also give :meth:`predict_quantiles`,
+    at the levels in :attr:`quantile_levels`.
     """
 
     def __init__(self, backend: Backend, manifest: Manifest, art_dir: str | Path):
@@ -26,6 +27,8 @@ class Forecaster:
         self.art_dir = Path(art_dir)
         self.context_length = manifest.context_length
         self.horizon = manifest.horizon
+        # levels of predict_quantiles, ascending; empty when the artifact has no quantile output
+        self.quantile_levels: tuple[float, ...] = manifest.quantile_levels
 
     @classmethod
     def load(
@@ -63,6 +66,22 @@ class Forecaster:
         """
         return self.predict_batch(prepare_batch(series, self.context_length, pad))
 
+    def predict_quantiles(self, series, pad: bool = False) -> np.ndarray:
+        """Quantile forecasts ``[N, Q, H]`` float32, level ``q`` at index ``quantile_levels.index(q)``.
+
+        The input is taken and checked as by :meth:`predict`; an artifact without a quantile output
+        (TTM) is a ``ValueError``.
+        """
+        self._require_quantiles()
+        batch = prepare_batch(series, self.context_length, pad)
+        return self.predict_batch_outputs(batch, (QUANTILES,))[QUANTILES]
+
+    def predict_with_quantiles(self, series, pad: bool = False) -> tuple[np.ndarray, np.ndarray]:
+        """``(forecast [N, H], quantiles [N, Q, H])`` from one model run (the forecast is the median)."""
+        self._require_quantiles()
+        out = self.predict_batch_outputs(prepare_batch(series, self.context_length, pad), (FORECAST, QUANTILES))
+        return out[FORECAST], out[QUANTILES]
+
     def predict_batch(self, batch: np.ndarray) -> np.ndarray:
         """Forecasts for an already validated ``[N, L]`` float32 C-contiguous batch, split to the backend's max."""
         n = batch.shape[0]
@@ -73,6 +92,28 @@ class Forecaster:
         for start in range(0, n, step):
             out[start : start + step] = self.backend.run(batch[start : start + step])
         return out
+
+    def predict_batch_outputs(self, batch: np.ndarray, outputs: tuple[str, ...]) -> dict[str, np.ndarray]:
+        """``{name: array}`` for each of ``outputs`` (``forecast``, ``quantiles``) of a validated batch,
+        each part of the batch run once for all of them."""
+        unknown = [name for name in outputs if name not in self.manifest.output_names]
+        if unknown:
+            raise ValueError(
+                f"{self.art_dir}: no output {unknown[0]!r}; the artifact has {list(self.manifest.output_names)}"
+            )
+        step = self.backend.max_batch
+        if batch.shape[0] <= step:
+            return self.backend.run_outputs(batch, outputs)
+        parts = [self.backend.run_outputs(batch[i : i + step], outputs) for i in range(0, batch.shape[0], step)]
+        return {name: np.concatenate([part[name] for part in parts]) for name in outputs}
+
+    def _require_quantiles(self) -> None:
+        if not self.quantile_levels:
+            raise ValueError(
+                f"{self.art_dir}: the {self.manifest.family} artifact has no quantile output "
+                f"({'TTM point forecasts' if self.manifest.family == 'ttm' else 'point forecasts only'}); "
+                "use predict for its point forecasts, or export a quantile model (Chronos-Bolt, TimesFM)"
+            )
 
     def forecast_frame(
         self,
@@ -109,5 +150,6 @@ class Forecaster:
             "context_length": self.context_length,
             "horizon": self.horizon,
             "precision": self.manifest.precision,
+            "quantile_levels": list(self.quantile_levels),
             **self.backend.describe(),
         }

@@ -1,4 +1,4 @@
-"""What every runtime backend provides: one validated batch in, its forecasts out."""
+"""What every runtime backend provides: one validated batch in, its forecasts (and quantiles) out."""
 
 from __future__ import annotations
 
@@ -61,12 +61,16 @@ class BackendOptions:
 
 
 DEFAULT_MAX_BATCH = 1024
+FORECAST_ONLY = ("forecast",)
 
 
 class Backend(ABC):
-    """Runs ``[n, L]`` float32 C-contiguous batches (``n <= max_batch``), returning ``[n, H]`` float32.
+    """Runs ``[n, L]`` float32 C-contiguous batches (``n <= max_batch``) through the artifact's model.
 
-    Implementations must be safe to call from several threads at once.
+    :meth:`run_outputs` returns any of the artifact's outputs (``forecast [n, H]``, and
+    ``quantiles [n, Q, H]`` for quantile models) from one model run, so asking for both costs one
+    pass; :meth:`run` is the forecast alone. Implementations must be safe to call from several
+    threads at once.
     """
 
     name: str
@@ -77,7 +81,12 @@ class Backend(ABC):
     fallback: str | None = None
 
     @abstractmethod
-    def run(self, batch: np.ndarray) -> np.ndarray: ...
+    def run_outputs(self, batch: np.ndarray, outputs: tuple[str, ...]) -> dict[str, np.ndarray]:
+        """``{name: float32 array}`` for each of ``outputs`` (names the manifest lists), from one run."""
+
+    def run(self, batch: np.ndarray) -> np.ndarray:
+        """The point forecasts ``[n, H]``."""
+        return self.run_outputs(batch, FORECAST_ONLY)["forecast"]
 
     def describe(self) -> dict:
         """Plain data for logs, ``/healthz`` and benchmark reports."""

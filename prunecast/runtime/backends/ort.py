@@ -9,7 +9,13 @@ from pathlib import Path
 import numpy as np
 
 from prunecast.export.manifest import ONNX_NAME, ArtifactError, Manifest
-from prunecast.runtime.backends.base import DEFAULT_MAX_BATCH, Backend, BackendError, BackendOptions
+from prunecast.runtime.backends.base import (
+    DEFAULT_MAX_BATCH,
+    FORECAST_ONLY,
+    Backend,
+    BackendError,
+    BackendOptions,
+)
 
 CUDA_EP = "CUDAExecutionProvider"
 CPU_EP = "CPUExecutionProvider"
@@ -71,7 +77,7 @@ class OnnxRuntimeBackend(Backend):
             self.fallback = f"{options.device} requested, running on CPU: {reason}"
             warnings.warn(f"prunecast runtime: {self.fallback}", RuntimeWarning, stacklevel=3)
 
-        self._input_name, self._output_names = _check_signature(self._session, manifest, path)
+        self._input_name = _check_signature(self._session, manifest, path)
         self.max_batch = options.max_batch or DEFAULT_MAX_BATCH
         self.threads = session_options.intra_op_num_threads
         self.providers = used
@@ -82,16 +88,25 @@ class OnnxRuntimeBackend(Backend):
             self._parts = ThreadPoolExecutor(self.threads - 1, thread_name_prefix="prunecast-ort")
 
     def run(self, batch: np.ndarray) -> np.ndarray:
+        return self._run(batch, FORECAST_ONLY)[0]
+
+    def run_outputs(self, batch: np.ndarray, outputs: tuple[str, ...]) -> dict[str, np.ndarray]:
+        return dict(zip(outputs, self._run(batch, outputs), strict=True))
+
+    def _run(self, batch: np.ndarray, outputs: tuple[str, ...]) -> list[np.ndarray]:
+        """Each of ``outputs`` for ``batch``, in one session run or one run per part."""
+        names = list(outputs)
         parts = min(self.threads, len(batch) // SPLIT_MIN_ROWS) if self._single is not None else 1
         if parts < 2:
-            return self._session.run(self._output_names, {self._input_name: batch})[0]
+            return self._session.run(names, {self._input_name: batch})
         chunks = np.array_split(batch, parts)  # row slices: views, still C-contiguous
-        others = [self._parts.submit(self._run_single, chunk) for chunk in chunks[1:]]
-        first = self._run_single(chunks[0])  # on the caller's thread, beside the others
-        return np.concatenate([first, *(future.result() for future in others)])
+        others = [self._parts.submit(self._run_single, chunk, names) for chunk in chunks[1:]]
+        first = self._run_single(chunks[0], names)  # on the caller's thread, beside the others
+        results = [first, *(future.result() for future in others)]
+        return [np.concatenate(per_output) for per_output in zip(*results, strict=True)]
 
-    def _run_single(self, chunk: np.ndarray) -> np.ndarray:
-        return self._single.run(self._output_names, {self._input_name: chunk})[0]
+    def _run_single(self, chunk: np.ndarray, names: list[str]) -> list[np.ndarray]:
+        return self._single.run(names, {self._input_name: chunk})
 
     def describe(self) -> dict:
         return {
@@ -102,23 +117,20 @@ class OnnxRuntimeBackend(Backend):
         }
 
 
-def _check_signature(session, manifest: Manifest, path: Path) -> tuple[str, list[str]]:
-    """The graph's input/output names, after checking they match the manifest's ``[batch, L]`` contract."""
-    inputs, outputs = session.get_inputs(), session.get_outputs()
-    expected = (
-        (inputs, manifest.input, manifest.context_length),
-        (outputs, manifest.output, manifest.horizon),
-    )
-    for found, spec, width in expected:
-        if len(found) != 1 or found[0].name != spec.name:
+def _check_signature(session, manifest: Manifest, path: Path) -> str:
+    """The graph's input name, after checking its inputs and outputs match the manifest's tensors."""
+    for found, specs in ((session.get_inputs(), manifest.inputs), (session.get_outputs(), manifest.outputs)):
+        if [t.name for t in found] != [s.name for s in specs]:
             raise ArtifactError(
-                f"{path}: graph tensors {[t.name for t in found]} do not match the manifest's {spec.name!r}"
+                f"{path}: graph tensors {[t.name for t in found]} do not match the manifest's "
+                f"{[s.name for s in specs]}"
             )
-        shape = found[0].shape
-        if len(shape) != 2 or shape[1] != width:
-            raise ArtifactError(f"{path}: {spec.name} has shape {shape}, the manifest says [batch, {width}]")
-        if isinstance(shape[0], int):
-            raise ArtifactError(
-                f"{path}: {spec.name} has a fixed batch of {shape[0]}; re-export it with a dynamic batch axis"
-            )
-    return inputs[0].name, [outputs[0].name]
+        for tensor, spec in zip(found, specs, strict=True):
+            shape = tensor.shape
+            if len(shape) != len(spec.shape) or list(shape[1:]) != spec.shape[1:]:
+                raise ArtifactError(f"{path}: {spec.name} has shape {shape}, the manifest says {spec.shape}")
+            if isinstance(shape[0], int):
+                raise ArtifactError(
+                    f"{path}: {spec.name} has a fixed batch of {shape[0]}; re-export it with a dynamic batch axis"
+                )
+    return manifest.input.name

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import numpy as np
 
-from prunecast.export.manifest import TORCH_DIR, ArtifactError, Manifest
+from prunecast.export.manifest import FORECAST, QUANTILES, TORCH_DIR, ArtifactError, Manifest
 from prunecast.runtime.backends.base import DEFAULT_MAX_BATCH, Backend, BackendError, BackendOptions
 
 
@@ -37,6 +37,11 @@ class TorchBackend(Backend):
                 f"{source}: model is {module.context_length} -> {module.horizon}, the manifest says "
                 f"{manifest.context_length} -> {manifest.horizon}"
             )
+        if tuple(module.quantile_levels) != manifest.quantile_levels:
+            raise ArtifactError(
+                f"{source}: model has quantile levels {list(module.quantile_levels)}, the manifest says "
+                f"{list(manifest.quantile_levels)}"
+            )
         if options.threads is not None:
             torch.set_num_threads(options.threads)
         wants_cuda = options.device.startswith("cuda") or (
@@ -51,11 +56,19 @@ class TorchBackend(Backend):
         self.device = str(self._device)
         self.max_batch = options.max_batch or DEFAULT_MAX_BATCH
 
-    def run(self, batch: np.ndarray) -> np.ndarray:
+    def run_outputs(self, batch: np.ndarray, outputs: tuple[str, ...]) -> dict[str, np.ndarray]:
         torch = self._torch
         with torch.inference_mode():
             if self._lock is None:
-                return np.ascontiguousarray(self._module(torch.from_numpy(batch)).numpy())
-            with self._lock:
-                out = self._module(torch.from_numpy(batch).to(self._device, non_blocking=True))
-                return out.float().cpu().numpy()
+                results = self._forward(torch.from_numpy(batch), outputs)
+            else:
+                with self._lock:
+                    results = self._forward(torch.from_numpy(batch).to(self._device, non_blocking=True), outputs)
+            return {name: np.ascontiguousarray(out.float().cpu().numpy()) for name, out in results.items()}
+
+    def _forward(self, context, outputs: tuple[str, ...]) -> dict:
+        """One pass of the module for ``outputs``: ``forward`` alone, or forecast and quantiles together."""
+        if QUANTILES not in outputs:
+            return {FORECAST: self._module(context)}
+        forecast, quantiles = self._module.forecast_and_quantiles(context)
+        return {name: {FORECAST: forecast, QUANTILES: quantiles}[name] for name in outputs}

@@ -75,6 +75,9 @@ def pick_engine(manifest: Manifest, tensorrt_version: str, compute_capability: s
 class TensorRTBackend(Backend):
     """One engine, one execution context, one stream, input/output buffers sized for the profile's max.
 
+    Every output of the engine (``forecast``, and ``quantiles`` for quantile models) has its own
+    device buffer, bound by name; a run computes them all and copies back those asked for.
+
     An execution context runs one batch at a time, so calls take a lock. ``max_batch`` is
     the engine profile's max batch (or less, if ``options.max_batch`` asks).
     """
@@ -104,32 +107,34 @@ class TensorRTBackend(Backend):
             raise ArtifactError(f"{path}: TensorRT could not deserialize the engine")
         self._context = self._engine.create_execution_context()
         self._input = manifest.input.name
-        self._output = manifest.output.name
+        # per-series shape of every output, e.g. forecast (H,) and quantiles (Q, H)
+        self._output_shapes = {spec.name: tuple(int(d) for d in spec.shape[1:]) for spec in manifest.outputs}
         names = {self._engine.get_tensor_name(i) for i in range(self._engine.num_io_tensors)}
-        if names != {self._input, self._output}:
+        if names != {self._input, *self._output_shapes}:
             raise ArtifactError(f"{path}: engine tensors {sorted(names)} differ from the manifest's")
         _, _, profile_max = self._engine.get_tensor_profile_shape(self._input, 0)
         self.max_batch = min(int(profile_max[0]), options.max_batch or int(profile_max[0]))
         self._min_batch = int(self._engine.get_tensor_profile_shape(self._input, 0)[0][0])
         self._context_length = manifest.context_length
-        self._horizon = manifest.horizon
 
         self._stream = _check(cudart.cudaStreamCreate())
         float_size = np.dtype(np.float32).itemsize
         self._in_ptr = _check(cudart.cudaMalloc(self.max_batch * self._context_length * float_size))
-        self._out_ptr = _check(cudart.cudaMalloc(self.max_batch * self._horizon * float_size))
         self._context.set_tensor_address(self._input, int(self._in_ptr))
-        self._context.set_tensor_address(self._output, int(self._out_ptr))
+        self._out_ptrs = {}
+        for name, shape in self._output_shapes.items():
+            self._out_ptrs[name] = _check(cudart.cudaMalloc(self.max_batch * int(np.prod(shape)) * float_size))
+            self._context.set_tensor_address(name, int(self._out_ptrs[name]))
         self._lock = threading.Lock()
         self.device = f"cuda:{device}"
         self.engine = entry
 
-    def run(self, batch: np.ndarray) -> np.ndarray:
+    def run_outputs(self, batch: np.ndarray, outputs: tuple[str, ...]) -> dict[str, np.ndarray]:
         n = batch.shape[0]
         if n < self._min_batch:
             raise BackendError(f"batch of {n} is below the engine profile's min batch {self._min_batch}")
         cudart = self._cudart
-        out = np.empty((n, self._horizon), dtype=np.float32)
+        results = {name: np.empty((n, *self._output_shapes[name]), dtype=np.float32) for name in outputs}
         with self._lock:
             if not self._context.set_input_shape(self._input, (n, self._context_length)):
                 raise BackendError(f"TensorRT refused input shape ({n}, {self._context_length})")
@@ -144,17 +149,18 @@ class TensorRTBackend(Backend):
             )
             if not self._context.execute_async_v3(int(self._stream)):
                 raise BackendError("TensorRT execution failed (see the TensorRT log above)")
-            _check(
-                cudart.cudaMemcpyAsync(
-                    out.ctypes.data,
-                    self._out_ptr,
-                    out.nbytes,
-                    cudart.cudaMemcpyKind.cudaMemcpyDeviceToHost,
-                    self._stream,
+            for name, out in results.items():  # row-major with the batch first: the first n rows
+                _check(
+                    cudart.cudaMemcpyAsync(
+                        out.ctypes.data,
+                        self._out_ptrs[name],
+                        out.nbytes,
+                        cudart.cudaMemcpyKind.cudaMemcpyDeviceToHost,
+                        self._stream,
+                    )
                 )
-            )
             _check(cudart.cudaStreamSynchronize(self._stream))
-        return out
+        return results
 
     def describe(self) -> dict:
         return {**super().describe(), "engine": self.engine.file, "precision": self.engine.precision}
@@ -163,8 +169,8 @@ class TensorRTBackend(Backend):
         cudart = getattr(self, "_cudart", None)
         if cudart is None:
             return
-        for name in ("_in_ptr", "_out_ptr"):
-            if getattr(self, name, None) is not None:
-                cudart.cudaFree(getattr(self, name))
+        for ptr in [getattr(self, "_in_ptr", None), *getattr(self, "_out_ptrs", {}).values()]:
+            if ptr is not None:
+                cudart.cudaFree(ptr)
         if getattr(self, "_stream", None) is not None:
             cudart.cudaStreamDestroy(self._stream)
