@@ -253,3 +253,22 @@ def test_real_ttm_forecasts_equal_predict_and_granite_tsfm(ttm_artifact, tmp_pat
         )
     scale = np.abs(reference).max(axis=1, keepdims=True)
     np.testing.assert_allclose(got / scale, reference / scale, atol=1e-5)
+
+
+def test_quantile_columns_equal_predict_quantiles(bolt_artifact):
+    bolt = Forecaster.load(bolt_artifact, threads=1)
+    panel = _panel()
+    out = bolt.forecast_frame(panel, quantiles=True)
+    levels = bolt.quantile_levels
+    assert list(out.columns) == ["item_id", "timestamp", "forecast", *(f"q{q:g}" for q in levels)]
+    tails = _tails(panel, L)
+    names = list(dict.fromkeys(out["item_id"]))
+    want = bolt.predict_quantiles(np.stack([tails[n] for n in names]))
+    for j, level in enumerate(levels):
+        np.testing.assert_array_equal(out[f"q{level:g}"].to_numpy().reshape(3, H), want[:, j, :])
+    np.testing.assert_array_equal(out["forecast"].to_numpy(), out["q0.5"].to_numpy())
+
+
+def test_quantiles_on_a_point_forecast_artifact_is_a_clear_error(fc):
+    with pytest.raises(ValueError, match="quantile"):
+        fc.forecast_frame(_panel(), quantiles=True)

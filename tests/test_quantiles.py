@@ -86,7 +86,9 @@ def test_onnx_quantiles_equal_the_module_and_hold_the_forecast(exported):
 
 def test_predict_quantiles_matches_the_torch_backend_and_predict(exported):
     module, art = exported
-    fc = Forecaster.load(art, backend="onnxruntime", threads=2, max_batch=24)  # 40 series: 2 calls, split parts
+    fc = Forecaster.load(
+        art, backend="onnxruntime", threads=2, max_batch=24
+    )  # 40 series: 2 calls, split parts
     reference = Forecaster.load(art, backend="torch")
     x = _series(40, seed=2)
     got = fc.predict_quantiles(x)

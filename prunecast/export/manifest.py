@@ -229,14 +229,18 @@ class Manifest:
 
     def _check_quantiles(self, where: str) -> None:
         levels = list(self.quantile_levels)
-        if levels and (levels != sorted(set(levels)) or not 0 < levels[0] <= levels[-1] < 1 or 0.5 not in levels):
+        if levels and (
+            levels != sorted(set(levels)) or not 0 < levels[0] <= levels[-1] < 1 or 0.5 not in levels
+        ):
             raise ArtifactError(
                 f"{where}: quantile_levels {levels} must be distinct, ascending, inside (0, 1) and hold 0.5"
             )
         if bool(levels) != (self.quantile_parity is not None):
             raise ArtifactError(f"{where}: quantile_levels and quantile_parity must be given together")
         if bool(levels and self.fp16_parity) != (self.fp16_quantile_parity is not None):
-            raise ArtifactError(f"{where}: an FP16 artifact with quantiles needs fp16_quantile_parity, no other")
+            raise ArtifactError(
+                f"{where}: an FP16 artifact with quantiles needs fp16_quantile_parity, no other"
+            )
 
     def save(self, art_dir: str | Path) -> Path:
         """Write ``manifest.json`` into ``art_dir`` (the files must already be hashed into ``files``)."""

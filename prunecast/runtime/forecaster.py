@@ -79,7 +79,9 @@ class Forecaster:
     def predict_with_quantiles(self, series, pad: bool = False) -> tuple[np.ndarray, np.ndarray]:
         """``(forecast [N, H], quantiles [N, Q, H])`` from one model run (the forecast is the median)."""
         self._require_quantiles()
-        out = self.predict_batch_outputs(prepare_batch(series, self.context_length, pad), (FORECAST, QUANTILES))
+        out = self.predict_batch_outputs(
+            prepare_batch(series, self.context_length, pad), (FORECAST, QUANTILES)
+        )
         return out[FORECAST], out[QUANTILES]
 
     def predict_batch(self, batch: np.ndarray) -> np.ndarray:
@@ -104,7 +106,9 @@ class Forecaster:
         step = self.backend.max_batch
         if batch.shape[0] <= step:
             return self.backend.run_outputs(batch, outputs)
-        parts = [self.backend.run_outputs(batch[i : i + step], outputs) for i in range(0, batch.shape[0], step)]
+        parts = [
+            self.backend.run_outputs(batch[i : i + step], outputs) for i in range(0, batch.shape[0], step)
+        ]
         return {name: np.concatenate([part[name] for part in parts]) for name in outputs}
 
     def _require_quantiles(self) -> None:

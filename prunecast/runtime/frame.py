@@ -24,6 +24,7 @@ from prunecast.common.progress import progress
 from prunecast.data.csv import DataError
 from prunecast.data.panel import Panel, PanelConfig, load_panel
 from prunecast.data.tables import read_table, table_format, write_table
+from prunecast.export.manifest import FORECAST, QUANTILES
 
 if TYPE_CHECKING:
     from prunecast.runtime.forecaster import Forecaster
@@ -177,9 +178,12 @@ def _run(
         quantiles = np.empty((n, len(forecaster.quantile_levels), horizon), dtype=np.float32)
     for start in progress(range(0, n, step), total=math.ceil(n / step), desc="forecast", enabled=show):
         chunk = batch[start : start + step]
-        point[start : start + step] = forecaster.predict_batch(chunk)[:, :horizon]
-        if quantiles is not None:
-            quantiles[start : start + step] = forecaster.predict_quantiles(chunk)[:, :, :horizon]
+        if quantiles is None:
+            point[start : start + step] = forecaster.predict_batch(chunk)[:, :horizon]
+            continue
+        outputs = forecaster.predict_batch_outputs(chunk, (FORECAST, QUANTILES))  # one model run for both
+        point[start : start + step] = outputs[FORECAST][:, :horizon]
+        quantiles[start : start + step] = outputs[QUANTILES][:, :, :horizon]
     return point, quantiles
 
 

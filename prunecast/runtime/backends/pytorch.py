@@ -63,7 +63,9 @@ class TorchBackend(Backend):
                 results = self._forward(torch.from_numpy(batch), outputs)
             else:
                 with self._lock:
-                    results = self._forward(torch.from_numpy(batch).to(self._device, non_blocking=True), outputs)
+                    results = self._forward(
+                        torch.from_numpy(batch).to(self._device, non_blocking=True), outputs
+                    )
             return {name: np.ascontiguousarray(out.float().cpu().numpy()) for name, out in results.items()}
 
     def _forward(self, context, outputs: tuple[str, ...]) -> dict:

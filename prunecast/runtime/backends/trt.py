@@ -123,7 +123,9 @@ class TensorRTBackend(Backend):
         self._context.set_tensor_address(self._input, int(self._in_ptr))
         self._out_ptrs = {}
         for name, shape in self._output_shapes.items():
-            self._out_ptrs[name] = _check(cudart.cudaMalloc(self.max_batch * int(np.prod(shape)) * float_size))
+            self._out_ptrs[name] = _check(
+                cudart.cudaMalloc(self.max_batch * int(np.prod(shape)) * float_size)
+            )
             self._context.set_tensor_address(name, int(self._out_ptrs[name]))
         self._lock = threading.Lock()
         self.device = f"cuda:{device}"
