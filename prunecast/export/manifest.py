@@ -117,6 +117,8 @@ class Manifest:
     parity: Parity
     fp16_parity: Parity | None = None
     engines: list[EngineEntry] = field(default_factory=list)
+    source_revision: str | None = None
+    """The HF revision (branch, tag or commit) of ``source_model``; None for the default branch."""
     format: str = FORMAT
     format_version: int = FORMAT_VERSION
 
@@ -167,6 +169,7 @@ class Manifest:
                 parity=Parity.from_dict(data["parity"]),
                 fp16_parity=Parity.from_dict(data["fp16_parity"]) if data.get("fp16_parity") else None,
                 engines=[EngineEntry.from_dict(e) for e in data.get("engines", [])],
+                source_revision=None if data.get("source_revision") is None else str(data["source_revision"]),
             )
         except KeyError as exc:
             raise ArtifactError(f"{where}: missing field {exc.args[0]!r}") from None

@@ -56,6 +56,8 @@ class ExportConfig:
     batch_sizes: tuple[int, ...] = (1, 7, 256)
     data: str = "ETTh1"
     source_model: str | None = None
+    source_revision: str | None = None
+    """The HF revision of ``source_model``; None takes the module's own (:attr:`ForecastModule.revision`)."""
 
     def validate(self) -> None:
         if not MIN_OPSET <= self.opset <= MAX_OPSET:
@@ -125,6 +127,7 @@ def _build(module: ForecastModule, stage: Path, config: ExportConfig, contexts: 
         files=hash_tree(stage, sorted(p.name for p in stage.iterdir())),
         parity=parity,
         fp16_parity=fp16_parity,
+        source_revision=config.source_revision or module.revision,
     )
     manifest.save(stage)
     return manifest
