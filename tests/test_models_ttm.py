@@ -24,9 +24,15 @@ def test_shorter_horizon_truncates_the_checkpoint_output(pretrained_ttm):
         torch.testing.assert_close(short(x), pretrained_ttm(x)[:, :24])
 
 
-def test_longer_horizon_is_a_clear_error(pretrained_ttm):
-    with pytest.raises(ModelError, match="horizon 192 is longer than the checkpoint's 96"):
-        load_pretrained(TTM_ID, horizon=192)
+def test_longer_horizon_rolls_the_checkpoint_out(pretrained_ttm):
+    long = load_pretrained(TTM_ID, horizon=192)
+    x = torch.randn(2, 512)
+    with torch.inference_mode():
+        first = pretrained_ttm(x)
+        out = long(x)
+        torch.testing.assert_close(out[:, 96:], pretrained_ttm(torch.cat([x, first], dim=-1)[:, -512:]))
+    torch.testing.assert_close(out[:, :96], first)
+    assert long.head_info() == {"native_horizon": 96, "passes": 2, "horizon": 192}
 
 
 def test_wrong_context_is_a_clear_error(pretrained_ttm):

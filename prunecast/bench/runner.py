@@ -37,6 +37,8 @@ class BenchConfig:
     threads: int = 2
     data: str = "ETTh1"
     timing: TimingConfig = TimingConfig()
+    revision: str | None = None
+    """HF branch, tag or commit for the models given as HF ids (not for directories)."""
 
 
 def available_backends() -> tuple[str, ...]:
@@ -51,8 +53,9 @@ def available_backends() -> tuple[str, ...]:
     return (*CPU_BACKENDS, "tensorrt")
 
 
-def ensure_artifact(source: str, workdir: Path, name: str) -> Path:
-    """``source`` itself when it is an artifact, else a fresh FP32 export of the model it names."""
+def ensure_artifact(source: str, workdir: Path, name: str, revision: str | None = None) -> Path:
+    """``source`` itself when it is an artifact, else a fresh FP32 export of the model it names
+    (``revision`` applies to an HF id)."""
     from prunecast.export.manifest import MANIFEST_NAME
 
     path = Path(source)
@@ -62,7 +65,8 @@ def ensure_artifact(source: str, workdir: Path, name: str) -> Path:
     from prunecast.export.onnx_export import ExportConfig, export_onnx
 
     out = workdir / name
-    export_onnx(load_model(source), out, ExportConfig(source_model=source))
+    module = load_model(source, revision=None if path.exists() else revision)
+    export_onnx(module, out, ExportConfig(source_model=source))
     return out
 
 
@@ -76,7 +80,9 @@ def bench(models: dict[str, str | Path], config: BenchConfig = BenchConfig()) ->
 
     backends = config.backends or available_backends()
     with tempfile.TemporaryDirectory(prefix="prunecast-bench-") as tmp:
-        artifacts = {name: ensure_artifact(str(src), Path(tmp), name) for name, src in models.items()}
+        artifacts = {
+            name: ensure_artifact(str(src), Path(tmp), name, config.revision) for name, src in models.items()
+        }
         candidates: list[Candidate] = []
         for name, art in artifacts.items():
             forecasters = {

@@ -23,6 +23,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--batches", type=int, nargs="+", default=None, help="batch sizes (default 1 8 64 256)")
     p.add_argument("--threads", type=int, default=None, help="CPU threads for every backend (default 2)")
     p.add_argument("--data", default=DEFAULT_DATA, help="benchmark whose scaled test windows are the inputs")
+    p.add_argument("--revision", default=None, help="HF branch, tag or commit of the models given as HF ids")
     p.add_argument("--out", type=Path, default=None, help="also write the full result as JSON here")
     p.add_argument("--json", action="store_true", help="print the full result as JSON")
     p.set_defaults(func=run)
@@ -47,7 +48,9 @@ def run(args: argparse.Namespace) -> int:
 
     from prunecast.bench import BenchConfig, bench
 
-    config = BenchConfig(data=args.data, backends=tuple(args.backends) if args.backends else None)
+    config = BenchConfig(
+        data=args.data, backends=tuple(args.backends) if args.backends else None, revision=args.revision
+    )
     if args.batches:
         config = replace(config, batch_sizes=tuple(args.batches))
     if args.threads:

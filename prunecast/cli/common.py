@@ -9,10 +9,20 @@ import sys
 from prunecast.common.defaults import DEFAULT_DATA, DEFAULT_HORIZON, DEFAULT_MODEL
 
 
+def add_revision_arg(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--revision",
+        default=None,
+        help="HF branch, tag or commit of --model (TTM r2: 512-192-r2, 512-336-r2, 512-720-r2, "
+        "1024-96-r2, 1536-96-r2, ...; default: the main branch)",
+    )
+
+
 def add_model_data_args(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--model", default=DEFAULT_MODEL, help=f"HF id or local directory (default {DEFAULT_MODEL})"
     )
+    add_revision_arg(parser)
     parser.add_argument("--family", default=None, help="model family, when config.json cannot tell it")
     parser.add_argument(
         "--data", default=DEFAULT_DATA, help=f"benchmark CSV, or a bundled name (default {DEFAULT_DATA})"
@@ -38,5 +48,11 @@ def load_model_and_data(args: argparse.Namespace):
     from prunecast.compress import load_model
     from prunecast.data import prepare_windows
 
-    model = load_model(args.model, horizon=args.horizon, context_length=args.context, family=args.family)
+    model = load_model(
+        args.model,
+        horizon=args.horizon,
+        context_length=args.context,
+        family=args.family,
+        revision=args.revision,
+    )
     return model, prepare_windows(args.data, model.context_length, args.horizon, columns=args.columns)

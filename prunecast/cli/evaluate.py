@@ -26,9 +26,11 @@ def run(args: argparse.Namespace) -> int:
     result = {
         **metrics.to_dict(),
         "model": args.model,
+        "revision": args.revision,
         "data": str(data.benchmark.path),
         "context_length": model.context_length,
         "horizon": args.horizon,
+        "head": model.head_info(),
         "seconds": round(time.perf_counter() - start, 2),
     }
     emit(
@@ -36,7 +38,8 @@ def run(args: argparse.Namespace) -> int:
         args.json,
         [
             f"{data.benchmark.name} test, horizon {args.horizon}, context {model.context_length}: "
-            f"{metrics.windows} windows",
+            f"{metrics.windows} windows; {model.head_info()['native_horizon']}-step head, "
+            f"{model.head_info()['passes']} pass(es)",
             f"MSE {metrics.mse:.4f}  MAE {metrics.mae:.4f}  ({result['seconds']} s)",
         ],
     )

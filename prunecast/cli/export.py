@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 import time
 
-from prunecast.cli.common import emit
+from prunecast.cli.common import add_revision_arg, emit
 from prunecast.common.defaults import DEFAULT_DATA
 
 
@@ -21,6 +21,7 @@ def register(sub: argparse._SubParsersAction) -> None:
         action="store_false",
         help="keep the exporter's graph as is (no bias-into-Gemm or square-as-Mul rewrites)",
     )
+    add_revision_arg(p)
     p.add_argument("--horizon", type=int, default=None, help="forecast steps (default: the model's)")
     p.add_argument("--context", type=int, default=None, help="context length (default: the model's)")
     p.add_argument("--family", default=None, help="model family, when config.json cannot tell it")
@@ -37,7 +38,13 @@ def run(args: argparse.Namespace) -> int:
     from prunecast.compress import load_model
     from prunecast.export.onnx_export import ExportConfig, export_onnx
 
-    model = load_model(args.model, horizon=args.horizon, context_length=args.context, family=args.family)
+    model = load_model(
+        args.model,
+        horizon=args.horizon,
+        context_length=args.context,
+        family=args.family,
+        revision=args.revision,
+    )
     config = ExportConfig(
         opset=args.opset, optimize=args.optimize, fp16=args.fp16, data=args.data, source_model=args.model
     )

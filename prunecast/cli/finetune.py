@@ -27,6 +27,7 @@ def register(sub: argparse._SubParsersAction) -> None:
         default=None,
         help="model to distil from (HF id or directory; e.g. the model before pruning)",
     )
+    p.add_argument("--teacher-revision", default=None, help="HF branch, tag or commit of --teacher")
     p.add_argument(
         "--distill",
         type=float,
@@ -52,7 +53,7 @@ def _finetune(args: argparse.Namespace) -> int:
     if args.teacher is not None:
         from prunecast.compress import load_model
 
-        teacher = load_model(args.teacher, horizon=model.horizon)
+        teacher = load_model(args.teacher, horizon=model.horizon, revision=args.teacher_revision)
     config = FinetuneConfig(
         distill=args.distill,
         lr=args.lr,
@@ -72,6 +73,7 @@ def _finetune(args: argparse.Namespace) -> int:
         args.output,
         metadata={
             "source": args.model,
+            "revision": args.revision,
             "teacher": args.teacher,
             "data": str(data.benchmark.path),
             "finetune": summary,
@@ -80,6 +82,7 @@ def _finetune(args: argparse.Namespace) -> int:
     result = {
         "output": args.output,
         "model": args.model,
+        "revision": args.revision,
         "data": str(data.benchmark.path),
         "teacher": args.teacher,
         "params": count_params(model),
@@ -92,6 +95,8 @@ def _finetune(args: argparse.Namespace) -> int:
         [
             f"fine-tuned {args.model} on {data.benchmark.name}: lr {report.lr:g}, "
             f"{len(report.epochs)} epochs ({report.seconds:.1f} s)",
+            f"head: {report.head['native_horizon']} steps x {report.head['passes']} pass(es)"
+            + (" (grown to the horizon, trained)" if report.grown_head else ""),
             f"val MSE {report.val_loss_before:.4f} -> {report.best_val_loss:.4f} (best epoch {report.best_epoch})",
             f"saved to {args.output}",
         ],

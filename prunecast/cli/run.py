@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from prunecast.cli.common import emit
+from prunecast.cli.common import add_revision_arg, emit
 from prunecast.common.defaults import (
     DEFAULT_BUDGET,
     DEFAULT_DATA,
@@ -24,10 +24,17 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument(
         "--model", default=DEFAULT_MODEL, help=f"HF id or local directory (default {DEFAULT_MODEL})"
     )
+    add_revision_arg(p)
     p.add_argument(
         "--data", default=DEFAULT_DATA, help=f"benchmark CSV or bundled name (default {DEFAULT_DATA})"
     )
-    p.add_argument("--horizon", type=int, default=DEFAULT_HORIZON)
+    p.add_argument(
+        "--horizon",
+        type=int,
+        default=DEFAULT_HORIZON,
+        help="forecast steps; past the checkpoint's own, zero-shot rolls its head out and fine-tuning "
+        "trains a head of this length",
+    )
     p.add_argument(
         "--budget",
         type=float,
@@ -76,6 +83,7 @@ def run(args: argparse.Namespace) -> int:
     config = RunConfig(
         out=args.out,
         model=args.model,
+        revision=args.revision,
         data=args.data,
         horizon=args.horizon,
         prune=prune_cfg,

@@ -14,6 +14,11 @@ Under ``torchrun`` every rank draws the same batches from the shared seed and tr
 of each; the gradients are summed over the ranks before every step, so the ranks keep the same
 weights, and the validation loss is all-reduced, so they choose the same learning rate and stop
 at the same epoch. Dropout draws its own masks on each rank.
+
+A horizon longer than one pass of the model's forecast head (a TTM r2 checkpoint forecasts 96
+steps) is rolled out zero-shot; fine-tuning first gives such a model a head of the whole horizon
+(:meth:`~prunecast.models.base.ForecastModule.grow_head`, ``head="grow"``) and trains it with the
+rest, so the loss covers every step in one pass.
 """
 
 from __future__ import annotations
@@ -21,6 +26,7 @@ from __future__ import annotations
 import copy
 import time
 from dataclasses import asdict, dataclass, field
+from typing import Literal
 
 import torch
 
@@ -59,10 +65,15 @@ class FinetuneConfig:
     0.3611 this way against 0.3632 on the truth alone (ETTh1-96, seed 0). Unused without a teacher."""
     val_windows: int | None = 4096
     """Validation windows (a fixed random subset) for early stopping; None for all."""
+    head: Literal["grow", "rollout"] = "grow"
+    """Past the head's native length: ``grow`` a head of the whole horizon and train it (where the
+    family can), ``rollout`` train the rolled-out native head as it is."""
     seed: int = 0
     show_progress: bool | None = None
 
     def check(self) -> None:
+        if self.head not in ("grow", "rollout"):
+            raise ValueError(f"head must be 'grow' or 'rollout', got {self.head!r}")
         if self.lr is not None and self.lr <= 0:
             raise ValueError(f"lr must be positive, got {self.lr}")
         if self.lr is None and not self.lr_candidates:
@@ -93,6 +104,10 @@ class FinetuneReport:
     best_epoch: int
     seconds: float
     epochs: list[FinetuneEpoch] = field(default_factory=list)
+    head: dict = field(default_factory=dict)
+    """The module's :meth:`~prunecast.models.base.ForecastModule.head_info` after fine-tuning."""
+    grown_head: bool = False
+    """Whether fine-tuning gave the module a new head of its whole horizon."""
 
     def to_dict(self) -> dict:
         """Everything but the module, as JSON-serialisable data."""
@@ -105,6 +120,8 @@ class FinetuneReport:
             "best_epoch": self.best_epoch,
             "seconds": self.seconds,
             "epochs": [asdict(e) for e in self.epochs],
+            "head": self.head,
+            "grown_head": self.grown_head,
         }
 
 
@@ -131,6 +148,7 @@ def finetune(
         teacher.eval()
     target = _Targets(teacher, config.distill)
     start = time.perf_counter()
+    grown = config.head == "grow" and module.grow_head()
     val_idx = sample_indices(val, config.val_windows, config.seed)
     loss0 = val_loss(module, val, val_idx)
     trials: dict[str, float] = {}
@@ -183,6 +201,8 @@ def finetune(
         best_epoch=best_epoch,
         seconds=time.perf_counter() - start,
         epochs=epochs,
+        head=module.head_info(),
+        grown_head=grown,
     )
 
 

@@ -2,8 +2,8 @@
 
 A prunecast model directory holds:
 
-- ``prunecast.json``: the marker: format version, family, context length, horizon, source model,
-  free metadata, and the *architecture*: the shape of every Linear and LayerNorm. Pruning leaves
+- ``prunecast.json``: the marker: format version, family, context length, horizon, source model
+  and the HF revision it was loaded from (null for the default branch), free metadata, and the *architecture*: the shape of every Linear and LayerNorm. Pruning leaves
   per-layer widths (MLP hidden channels) that a family config cannot express, so the module is
   rebuilt from its config and then every layer whose recorded shape differs is replaced.
 - ``config.json``: the family's own config (with pruned global widths such as ``d_model``).
@@ -67,6 +67,7 @@ def save_model(module: ForecastModule, directory: str | Path, metadata: dict | N
         "context_length": module.context_length,
         "horizon": module.horizon,
         "source": config.get("_name_or_path") or None,
+        "revision": module.revision,
         "metadata": metadata or {},
         "architecture": architecture(module),
     }
@@ -116,6 +117,7 @@ def load_saved(directory: str | Path, horizon: int | None = None) -> ForecastMod
         raise ModelError(f"{weights}: cannot be read as safetensors ({exc})") from None
     _load_state(module, state, weights)
     module.horizon = saved_h if horizon is None else horizon
+    module.revision = marker.get("revision")
     module.eval()
     return module
 
@@ -198,10 +200,15 @@ def load_model(
     horizon: int | None = None,
     context_length: int | None = None,
     family: str | None = None,
+    revision: str | None = None,
 ) -> ForecastModule:
     """Load any model prunecast handles: a prunecast model directory (from :func:`save_model`), a
-    Hugging Face id, or a local Hugging Face model directory."""
+    Hugging Face id (of ``revision``: branch, tag or commit), or a local Hugging Face model directory."""
     if is_saved_model(source):
+        if revision is not None:
+            raise ModelError(
+                f"{source}: revision {revision!r} applies to a Hugging Face id, not a saved model"
+            )
         module = load_saved(source, horizon=horizon)
         if context_length is not None and context_length != module.context_length:
             raise ModelError(
@@ -210,4 +217,6 @@ def load_model(
         if family is not None and family != module.family:
             raise ModelError(f"{source}: a saved {module.family} model, not {family}")
         return module
-    return load_pretrained(str(source), horizon=horizon, context_length=context_length, family=family)
+    return load_pretrained(
+        str(source), horizon=horizon, context_length=context_length, family=family, revision=revision
+    )

@@ -127,6 +127,8 @@ class Manifest:
     quantile_parity: Parity | None = None
     fp16_quantile_parity: Parity | None = None
     engines: list[EngineEntry] = field(default_factory=list)
+    source_revision: str | None = None
+    """The HF revision (branch, tag or commit) of ``source_model``; None for the default branch."""
     format: str = FORMAT
     format_version: int = FORMAT_VERSION
 
@@ -188,6 +190,7 @@ class Manifest:
                 quantile_parity=_parity(data, "quantile_parity"),
                 fp16_quantile_parity=_parity(data, "fp16_quantile_parity"),
                 engines=[EngineEntry.from_dict(e) for e in data.get("engines", [])],
+                source_revision=None if data.get("source_revision") is None else str(data["source_revision"]),
             )
         except KeyError as exc:
             raise ArtifactError(f"{where}: missing field {exc.args[0]!r}") from None

@@ -60,6 +60,8 @@ class ExportConfig:
     batch_sizes: tuple[int, ...] = (1, 7, 256)
     data: str = "ETTh1"
     source_model: str | None = None
+    source_revision: str | None = None
+    """The HF revision of ``source_model``; None takes the module's own (:attr:`ForecastModule.revision`)."""
 
     def validate(self) -> None:
         if not MIN_OPSET <= self.opset <= MAX_OPSET:
@@ -136,6 +138,7 @@ def _build(module: ForecastModule, stage: Path, config: ExportConfig, contexts: 
         quantile_levels=levels,
         quantile_parity=parity.get(QUANTILES),
         fp16_quantile_parity=fp16_parity.get(QUANTILES),
+        source_revision=config.source_revision or module.revision,
     )
     manifest.save(stage)
     return manifest

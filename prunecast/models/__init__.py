@@ -26,13 +26,14 @@ ADAPTERS: dict[str, ModelAdapter] = {
 }
 
 
-def adapter_for(source: str, family: str | None = None) -> ModelAdapter:
-    """The adapter for ``source``: named by ``family``, else read from its ``config.json``."""
+def adapter_for(source: str, family: str | None = None, revision: str | None = None) -> ModelAdapter:
+    """The adapter for ``source``: named by ``family``, else read from its ``config.json`` (of
+    ``revision``, for an HF id)."""
     if family is not None:
         if family not in ADAPTERS:
             raise ModelError(f"unknown model family {family!r}; known: {sorted(ADAPTERS)}")
         return ADAPTERS[family]
-    config = _read_config(source)
+    config = _read_config(source, revision)
     if config is not None:
         for adapter in ADAPTERS.values():
             if adapter.recognises(config):
@@ -47,13 +48,28 @@ def adapter_for(source: str, family: str | None = None) -> ModelAdapter:
 
 
 def load_pretrained(
-    source: str, horizon: int | None = None, context_length: int | None = None, family: str | None = None
+    source: str,
+    horizon: int | None = None,
+    context_length: int | None = None,
+    family: str | None = None,
+    revision: str | None = None,
 ) -> ForecastModule:
-    """Load a pretrained checkpoint (HF id or local HF directory) as a forecast module."""
-    return adapter_for(source, family).load(source, horizon=horizon, context_length=context_length)
+    """Load a pretrained checkpoint (HF id or local HF directory) as a forecast module.
+
+    ``revision`` (an HF branch, tag or commit; TTM r2 keeps its other context/horizon pairs on
+    branches such as ``512-192-r2``) applies to HF ids only: a local directory has one version.
+    """
+    if revision is not None and Path(source).is_dir():
+        raise ModelError(
+            f"{source}: revision {revision!r} applies to a Hugging Face id, not to a local directory"
+        )
+    adapter = adapter_for(source, family, revision)
+    module = adapter.load(source, horizon=horizon, context_length=context_length, revision=revision)
+    module.revision = revision
+    return module
 
 
-def _read_config(source: str) -> dict | None:
+def _read_config(source: str, revision: str | None = None) -> dict | None:
     """``config.json`` of a local directory or a cached HF id, or None when it cannot be found offline."""
     path = Path(source)
     if path.is_dir():
@@ -64,7 +80,7 @@ def _read_config(source: str) -> dict | None:
     try:
         from huggingface_hub import hf_hub_download
 
-        return json.loads(Path(hf_hub_download(source, "config.json")).read_text())
+        return json.loads(Path(hf_hub_download(source, "config.json", revision=revision)).read_text())
     except Exception:  # noqa: BLE001 - unknown id, or offline without a cached copy
         return None
 

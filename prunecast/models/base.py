@@ -119,12 +119,34 @@ class ForecastModule(nn.Module, ABC):
     (a user's model, transformers' PatchTST): compress then adds the traced groups that it has
     checked remove exactly to this spec's groups. Families whose reshapes defeat the tracer write
     their spec and leave this False."""
+    revision: str | None = None
+    """The Hugging Face revision (branch, tag or commit) the weights were loaded from, if one was
+    asked for; save_model, export manifests and reports record it."""
 
     def __init__(self, model: nn.Module, context_length: int, horizon: int):
         super().__init__()
         self.model = model
         self.context_length = context_length
         self.horizon = horizon
+
+    @property
+    def native_horizon(self) -> int:
+        """Steps one pass of the model's forecast head gives; longer horizons roll it out (the
+        forecast appended to the context, again), as each family's ``forward`` does."""
+        return self.horizon
+
+    def head_info(self) -> dict:
+        """Which head makes the forecast: its length and how many passes ``horizon`` takes."""
+        return {
+            "native_horizon": self.native_horizon,
+            "passes": -(-self.horizon // self.native_horizon),
+            "horizon": self.horizon,
+        }
+
+    def grow_head(self) -> bool:
+        """Give the module a forecast head of its whole ``horizon`` (to be trained) where one pass
+        does not reach it; returns whether it did. Families whose head cannot grow keep rolling out."""
+        return False
 
     @abstractmethod
     def forward(self, context: torch.Tensor) -> torch.Tensor: ...
@@ -180,9 +202,14 @@ class ModelAdapter(ABC):
 
     @abstractmethod
     def load(
-        self, source: str, horizon: int | None = None, context_length: int | None = None
+        self,
+        source: str,
+        horizon: int | None = None,
+        context_length: int | None = None,
+        revision: str | None = None,
     ) -> ForecastModule:
-        """Load ``source`` (HF id or local directory) as a forecast module for ``horizon`` steps."""
+        """Load ``source`` (HF id or local directory) as a forecast module for ``horizon`` steps;
+        ``revision`` is a Hugging Face branch, tag or commit of an HF id."""
 
     @abstractmethod
     def from_config(self, config: dict, context_length: int, horizon: int) -> ForecastModule:

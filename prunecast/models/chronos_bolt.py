@@ -68,6 +68,10 @@ class ChronosBoltForecast(ForecastModule):
             context = torch.cat([context, preds[:, self.median_index, :]], dim=-1)[:, -limit:]
         return torch.cat(blocks, dim=-1)[..., : self.horizon]
 
+    @property
+    def native_horizon(self) -> int:
+        return self.model.chronos_config.prediction_length
+
     def training_loss(self, context: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
         """Chronos-Bolt's own quantile loss, as the package computes it when trained: the pinball
         loss of every quantile on the instance-normalised target of the first ``prediction_length``
@@ -265,7 +269,11 @@ class ChronosBoltAdapter(ModelAdapter):
     default_model = "amazon/chronos-bolt-small"
 
     def load(
-        self, source: str, horizon: int | None = None, context_length: int | None = None
+        self,
+        source: str,
+        horizon: int | None = None,
+        context_length: int | None = None,
+        revision: str | None = None,
     ) -> ChronosBoltForecast:
         from chronos.chronos_bolt import ChronosBoltModelForForecasting
 
@@ -274,7 +282,9 @@ class ChronosBoltAdapter(ModelAdapter):
             # A pruned checkpoint: the stock loader would build full-size layers and refuse the weights.
             return self._load_pruned(source, config, horizon, context_length)
         try:
-            model = ChronosBoltModelForForecasting.from_pretrained(source, attn_implementation="eager")
+            model = ChronosBoltModelForForecasting.from_pretrained(
+                source, revision=revision, attn_implementation="eager"
+            )
         except OSError as exc:
             raise checkpoint_error("Chronos-Bolt", source, exc) from None
         return self._wrap(model, horizon, context_length, source)

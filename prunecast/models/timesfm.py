@@ -132,6 +132,10 @@ class TimesFMForecast(ForecastModule):
     def forward(self, context: torch.Tensor) -> torch.Tensor:
         return self._forecast(context)[..., self.model.aridx]
 
+    @property
+    def native_horizon(self) -> int:
+        return self.model.o
+
     def quantiles(self, context: torch.Tensor) -> torch.Tensor:
         """Quantile forecasts ``[B, 9, H]`` (levels 0.1 .. 0.9; index 0 of the package, its mean, is left out)."""
         return self._forecast(context)[..., 1:].transpose(1, 2)
@@ -278,7 +282,11 @@ class TimesFMAdapter(ModelAdapter):
     default_model = "google/timesfm-2.5-200m-pytorch"
 
     def load(
-        self, source: str, horizon: int | None = None, context_length: int | None = None
+        self,
+        source: str,
+        horizon: int | None = None,
+        context_length: int | None = None,
+        revision: str | None = None,
     ) -> TimesFMForecast:
         from safetensors.torch import load_file
 
@@ -291,7 +299,7 @@ class TimesFMAdapter(ModelAdapter):
             from huggingface_hub import hf_hub_download
 
             try:
-                weights = Path(hf_hub_download(source, WEIGHTS))
+                weights = Path(hf_hub_download(source, WEIGHTS, revision=revision))
             except Exception as exc:  # noqa: BLE001 - unknown id, or offline without a cached copy
                 raise checkpoint_error("TimesFM", source, exc) from None
             config = {}

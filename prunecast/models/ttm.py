@@ -21,14 +21,62 @@ class TTMForecast(ForecastModule):
     """TTM in univariate mode: ``[B, L]`` becomes ``past_values [B, L, 1]``.
 
     TTM normalises each series itself (its ``std`` scaler), so the module takes raw
-    context. A checkpoint's horizon may be truncated to a shorter one.
+    context. A checkpoint's horizon may be truncated to a shorter one. A longer one is either
+    rolled out (zero-shot: the head's forecast appended to the context and the last ``L`` points
+    fed back, until the horizon is covered) or given a head of its own length by
+    :meth:`grow_head`, which fine-tuning then trains.
     """
 
     family = "ttm"
 
     def forward(self, context: torch.Tensor) -> torch.Tensor:
-        out = self.model(past_values=context.unsqueeze(-1), return_dict=True)
-        return out.prediction_outputs[:, : self.horizon, 0]
+        native = self.native_horizon
+        passes = -(-self.horizon // native)
+        blocks = []
+        for i in range(passes):
+            out = self.model(past_values=context.unsqueeze(-1), return_dict=True)
+            blocks.append(out.prediction_outputs[:, :native, 0])
+            if i + 1 < passes:
+                context = torch.cat([context, blocks[-1]], dim=-1)[:, -self.context_length :]
+        forecast = blocks[0] if passes == 1 else torch.cat(blocks, dim=-1)
+        return forecast[:, : self.horizon]
+
+    @property
+    def native_horizon(self) -> int:
+        cfg = self.model.config
+        return cfg.prediction_filter_length or cfg.prediction_length
+
+    def grow_head(self) -> bool:
+        """Replace the forecast head by one of ``horizon`` outputs when the checkpoint's is shorter.
+
+        The head is one Linear from the flattened decoder features to the forecast steps. The new
+        head's first rows are the pretrained head's (the steps it already forecasts, unchanged), and
+        every further row is a copy of its last row: before training the new steps repeat the last
+        forecast step, a flat continuation, instead of the noise of a random initialisation. The
+        config's ``prediction_length`` becomes ``horizon`` (and the filter length is cleared), so a
+        saved model rebuilds the longer head from its config.
+        """
+        native = self.native_horizon
+        if self.horizon <= native:
+            return False
+        cfg = self.model.config
+        head = self.model.head
+        old = head.base_forecast_block
+        if not isinstance(old, torch.nn.Linear):
+            raise ModelError(f"cannot grow a TTM head of type {type(old).__name__} (distribution heads)")
+        new = torch.nn.Linear(old.in_features, self.horizon, bias=old.bias is not None)
+        new = new.to(device=old.weight.device, dtype=old.weight.dtype)
+        rows = torch.arange(self.horizon).clamp(max=native - 1)
+        with torch.no_grad():
+            new.weight.copy_(old.weight[rows])
+            if old.bias is not None:
+                new.bias.copy_(old.bias[rows])
+        head.base_forecast_block = new
+        head.prediction_filter_length = None
+        self.model.prediction_filter_length = None
+        cfg.prediction_length = self.horizon
+        cfg.prediction_filter_length = None
+        return True
 
     def config_dict(self) -> dict:
         return self.model.config.to_dict()
@@ -147,9 +195,15 @@ class TTMAdapter(ModelAdapter):
     family = "ttm"
     default_model = DEFAULT_MODEL
 
-    def load(self, source: str, horizon: int | None = None, context_length: int | None = None) -> TTMForecast:
+    def load(
+        self,
+        source: str,
+        horizon: int | None = None,
+        context_length: int | None = None,
+        revision: str | None = None,
+    ) -> TTMForecast:
         try:
-            model = TinyTimeMixerForPrediction.from_pretrained(source)
+            model = TinyTimeMixerForPrediction.from_pretrained(source, revision=revision)
         except OSError as exc:
             raise checkpoint_error("TinyTimeMixer", source, exc) from None
         return self._wrap(model, horizon, context_length, source)
@@ -168,11 +222,6 @@ class TTMAdapter(ModelAdapter):
         horizon = native_h if horizon is None else horizon
         if horizon < 1:
             raise ModelError(f"horizon must be positive, got {horizon}")
-        if horizon > native_h:
-            raise ModelError(
-                f"{source}: horizon {horizon} is longer than the checkpoint's {native_h}; "
-                f"use a TTM checkpoint with a longer prediction length"
-            )
         if context_length is not None and context_length != cfg.context_length:
             raise ModelError(
                 f"{source}: context length {context_length} differs from the checkpoint's "

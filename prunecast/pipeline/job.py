@@ -8,6 +8,10 @@ report.md and plots. The test split is only ever evaluated, never used to choose
 Under ``torchrun`` every rank joins the two training stages (pruning, fine-tuning, and the full
 fine-tuning baseline), data-parallel; evaluation, export, latency and the report are rank 0's
 alone, and the other ranks return once training is done.
+
+Past the checkpoint's horizon the zero-shot row rolls the native head out (each variant's
+``head`` in the report says how many passes), pruning scores the loss of that roll-out over the
+whole horizon, and both fine-tunings give their model a head of the whole horizon to train.
 """
 
 from __future__ import annotations
@@ -46,6 +50,8 @@ class RunConfig:
 
     out: Path
     model: str = DEFAULT_MODEL
+    revision: str | None = None
+    """HF branch, tag or commit of ``model`` (TTM r2: ``512-192-r2`` ...); None: the main branch."""
     data: str = "ETTh1"
     horizon: int = 96
     prune: PruneConfig = field(default_factory=PruneConfig)
@@ -71,10 +77,11 @@ def run(config: RunConfig, log=None) -> dict:
     stage = iter(range(1, stages + 1))
 
     log(f"[{next(stage)}/{stages}] loading {config.model} and {config.data}; zero-shot test evaluation")
-    original = load_model(config.model, horizon=config.horizon)
+    original = load_model(config.model, horizon=config.horizon, revision=config.revision)
     data = prepare_windows(config.data, original.context_length, config.horizon)
     report: dict = {
         "model": config.model,
+        "revision": config.revision,
         "data": str(data.benchmark.path),
         "horizon": config.horizon,
         "context_length": original.context_length,
@@ -107,7 +114,9 @@ def run(config: RunConfig, log=None) -> dict:
     if not main:
         return {}
     report["world_size"] = distributed.world_size()
-    model_dir = save_model(pruned, out / "pruned_model", metadata={"source_model": config.model})
+    model_dir = save_model(
+        pruned, out / "pruned_model", metadata={"source_model": config.model, "revision": config.revision}
+    )
     report["pruned_finetune"] = {
         **_accuracy(pruned, data.test, config.test_limit),
         "model_dir": model_dir.name,
@@ -123,7 +132,9 @@ def run(config: RunConfig, log=None) -> dict:
     report["export"] = {}
     for name, module in (("original", original), ("pruned", pruned)):
         manifest = export_onnx(
-            module, artifacts / name, ExportConfig(source_model=config.model, data=config.data)
+            module,
+            artifacts / name,
+            ExportConfig(source_model=config.model, source_revision=config.revision, data=config.data),
         )
         report["export"][name] = {"artifact": f"artifacts/{name}", "parity": asdict(manifest.parity)}
 
@@ -147,7 +158,12 @@ def run(config: RunConfig, log=None) -> dict:
 
 def _accuracy(module: ForecastModule, windows, limit: int | None) -> dict:
     metrics = evaluate(module, windows, limit=limit)
-    return {**metrics.to_dict(), "params": count_params(module), "macs": count_macs(module)}
+    return {
+        **metrics.to_dict(),
+        "params": count_params(module),
+        "macs": count_macs(module),
+        "head": module.head_info(),
+    }
 
 
 @torch.inference_mode()

@@ -46,22 +46,23 @@ def write_report(report: dict, out: Path, examples: dict, layers: list[LayerWidt
 def render_markdown(report: dict) -> str:
     variants = [v for v in VARIANT_LABELS if v in report]
     zs = report["zero_shot"]
+    revision = f" (revision `{report['revision']}`)" if report.get("revision") else ""
     lines = [
-        f"# prunecast run: {report['model']} on {Path(report['data']).name}, horizon {report['horizon']}",
+        f"# prunecast run: {report['model']}{revision} on {Path(report['data']).name}, horizon {report['horizon']}",
         "",
         f"Context {report['context_length']}, {report['test_windows']} test windows (scaled data), "
         f"{report['seconds']} s in all.",
         "",
         "## Accuracy and size",
         "",
-        "| variant | test MSE | test MAE | params | MMACs / series | MACs reduction |",
-        "| --- | --- | --- | --- | --- | --- |",
+        "| variant | test MSE | test MAE | params | MMACs / series | MACs reduction | forecast head |",
+        "| --- | --- | --- | --- | --- | --- | --- |",
     ]
     for v in variants:
         r = report[v]
         lines.append(
             f"| {VARIANT_LABELS[v]} | {r['mse']:.4f} | {r['mae']:.4f} | {r['params']:,} | "
-            f"{r['macs'] / 1e6:.2f} | {zs['macs'] / r['macs']:.2f}x |"
+            f"{r['macs'] / 1e6:.2f} | {zs['macs'] / r['macs']:.2f}x | {head_label(r)} |"
         )
     lines += ["", "## Export parity (ONNX vs PyTorch, max abs error on scaled data)", ""]
     for name, e in report["export"].items():
@@ -104,6 +105,17 @@ def render_markdown(report: dict) -> str:
         "",
     ]
     return "\n".join(lines)
+
+
+def head_label(row: dict) -> str:
+    """How a variant's forecast was made: one pass of a head, a grown head, or a roll-out."""
+    head = row.get("head")
+    if not head:
+        return ""
+    grown = row.get("finetune", {}).get("grown_head", False)
+    if head["passes"] > 1:
+        return f"{head['native_horizon']}-step head rolled out x{head['passes']}"
+    return f"{head['native_horizon']}-step head" + (" (grown to the horizon, trained)" if grown else "")
 
 
 def _targets(distill: float) -> str:
