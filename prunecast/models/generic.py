@@ -127,7 +127,11 @@ class GenericAdapter(ModelAdapter):
     default_model = ""
 
     def load(
-        self, source: str, horizon: int | None = None, context_length: int | None = None
+        self,
+        source: str,
+        horizon: int | None = None,
+        context_length: int | None = None,
+        revision: str | None = None,
     ) -> ForecastModule:
         raise ModelError(
             f"{source}: generic models are made in Python with prunecast.models.wrap(module, L, H); "

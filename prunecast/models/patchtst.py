@@ -88,16 +88,20 @@ class _PatchAdapter(ModelAdapter):
     model_type: str
 
     def load(
-        self, source: str, horizon: int | None = None, context_length: int | None = None
+        self,
+        source: str,
+        horizon: int | None = None,
+        context_length: int | None = None,
+        revision: str | None = None,
     ) -> PatchForecast:
         try:
-            config = self.config_class.from_pretrained(source)
+            config = self.config_class.from_pretrained(source, revision=revision)
         except OSError as exc:
             raise checkpoint_error(self.model_class.__name__, source, exc) from None
         self._check_channel_independent(config, source)
         config.num_input_channels = 1
         try:
-            model = self.model_class.from_pretrained(source, config=config)
+            model = self.model_class.from_pretrained(source, config=config, revision=revision)
         except (OSError, RuntimeError) as exc:
             raise checkpoint_error(self.model_class.__name__, source, exc) from None
         return self._wrap(model, horizon, context_length, source)
