@@ -43,16 +43,23 @@ def emit(result: dict, as_json: bool, lines: list[str]) -> None:
     sys.stdout.flush()
 
 
-def load_model_and_data(args: argparse.Namespace):
-    """The model and the benchmark windows that :func:`add_model_data_args` describe."""
+def load_model_from_args(args: argparse.Namespace):
+    """The model that :func:`add_model_data_args`' model options (``--model``, ``--horizon``,
+    ``--context``, ``--family``, ``--revision``) describe."""
     from prunecast.compress import load_model
-    from prunecast.data import prepare_windows
 
-    model = load_model(
+    return load_model(
         args.model,
         horizon=args.horizon,
         context_length=args.context,
         family=args.family,
         revision=args.revision,
     )
+
+
+def load_model_and_data(args: argparse.Namespace):
+    """The model and the benchmark windows that :func:`add_model_data_args` describe."""
+    from prunecast.data import prepare_windows
+
+    model = load_model_from_args(args)
     return model, prepare_windows(args.data, model.context_length, args.horizon, columns=args.columns)

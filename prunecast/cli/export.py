@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 import time
 
-from prunecast.cli.common import add_revision_arg, emit
+from prunecast.cli.common import add_revision_arg, emit, load_model_from_args
 from prunecast.common.defaults import DEFAULT_DATA
 
 
@@ -35,16 +35,9 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from prunecast.compress import load_model
     from prunecast.export.onnx_export import ExportConfig, export_onnx
 
-    model = load_model(
-        args.model,
-        horizon=args.horizon,
-        context_length=args.context,
-        family=args.family,
-        revision=args.revision,
-    )
+    model = load_model_from_args(args)
     config = ExportConfig(
         opset=args.opset, optimize=args.optimize, fp16=args.fp16, data=args.data, source_model=args.model
     )
