@@ -206,6 +206,20 @@ def test_parity_failure_fails_the_export(tmp_path):
     assert list(tmp_path.iterdir()) == []  # staging removed
 
 
+def test_parity_fails_on_nan_even_after_a_finite_batch(tmp_path):
+    from prunecast.export.onnx_export import measure_parity
+
+    torch.manual_seed(0)
+    module = LinearForecast(nn.Linear(64, 16), 64, 16)
+    export_onnx(module, tmp_path / "art", ExportConfig())
+    contexts = np.random.default_rng(0).normal(size=(4, 64)).astype(np.float32)
+    with torch.inference_mode():
+        want = {b: module(torch.from_numpy(contexts[:b])).numpy() for b in (1, 4)}
+    want[4][2, 5] = np.nan  # a NaN in the second batch only: the first batch's error must not mask it
+    with pytest.raises(ExportError, match=r"max abs error nan of forecast over batches \[1, 4\]"):
+        measure_parity(tmp_path / "art" / "model.onnx", contexts, {"forecast": want}, (1, 4), 1e-4)
+
+
 def test_export_refuses_non_empty_out_dir(tmp_path):
     (tmp_path / "art").mkdir()
     (tmp_path / "art" / "keep.txt").write_text("mine")

@@ -16,6 +16,8 @@ from onnx import TensorProto, helper, numpy_helper
 from prunecast.export.manifest import ExportError
 
 WEIGHT_OPS = frozenset({"MatMul", "Gemm", "Conv", "ConvTranspose"})
+FP32_ONLY_OPS = frozenset({"IsInf"})
+"""Ops onnxruntime's CPU provider has no FP16 kernel for: they stay FP32 (behind a Cast) in the region."""
 FP16_MAX = float(np.finfo(np.float16).max)
 
 
@@ -36,7 +38,9 @@ def fp16_region(graph: onnx.GraphProto) -> list[bool]:
         before[i] = node.op_type in WEIGHT_OPS or any(
             before[j] for t in node.output for j in consumers.get(t, [])
         )
-    return [a and b for a, b in zip(after, before, strict=True)]
+    return [
+        a and b and node.op_type not in FP32_ONLY_OPS for node, a, b in zip(nodes, after, before, strict=True)
+    ]
 
 
 def convert_to_fp16(model: onnx.ModelProto) -> onnx.ModelProto:
@@ -81,6 +85,20 @@ def convert_to_fp16(model: onnx.ModelProto) -> onnx.ModelProto:
             new_nodes.append(helper.make_node("Cast", [name], [casts[key]], to=to, name=f"cast_{casts[key]}"))
         return casts[key]
 
+    copies: dict[str, str] = {}
+
+    def halved_copy(name: str) -> str:
+        """An FP16 copy of an initializer also used outside the region, clipped to FP16's range
+        (a Cast would turn an attention mask's float32-min into -inf, and 0 * -inf into NaN)."""
+        if name not in copies:
+            copy = onnx.TensorProto()
+            copy.CopyFrom(initializers[name])
+            copy.name = copies[name] = f"{name}__fp16"
+            _halve_initializer(copy)
+            graph.initializer.append(copy)
+            half.add(copy.name)
+        return copies[name]
+
     for node, fp16 in zip(nodes, in_region, strict=True):
         for i, name in enumerate(node.input):
             if not name:
@@ -89,6 +107,8 @@ def convert_to_fp16(model: onnx.ModelProto) -> onnx.ModelProto:
                 if name in region_only:
                     _halve_initializer(initializers[name])
                     half.add(name)
+                elif name in initializers:
+                    node.input[i] = halved_copy(name)
                 else:
                     node.input[i] = cast(name, TensorProto.FLOAT16)
             elif not fp16 and name in half:
