@@ -28,7 +28,9 @@ from prunecast.bench.timing import machine_info
 from prunecast.runtime import Forecaster
 from prunecast.runtime.frame import forecast_file
 
-DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data"
+DATA = Path(
+    os.environ.get("PRUNECAST_SHARED_DATA", Path(__file__).resolve().parents[1].parent / "shared" / "data")
+)
 FILES = {
     "ETTh1": DATA / "ETT-small" / "ETTh1.csv",
     "ETTm1": DATA / "ETT-small" / "ETTm1.csv",

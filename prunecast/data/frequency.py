@@ -19,7 +19,7 @@ import pandas as pd
 from pandas.tseries.frequencies import to_offset
 from pandas.tseries.offsets import BaseOffset, Tick
 
-from prunecast.data.csv import DataError
+from prunecast.data.errors import DataError
 
 DAY_NS = 86_400 * 10**9
 CALENDAR_CANDIDATES = (

@@ -18,13 +18,13 @@ import numpy as np
 import pandas as pd
 
 from prunecast.common.defaults import FILL_POLICIES
-from prunecast.data.columns import ID_NAMES, Layout, resolve_layout
-from prunecast.data.csv import DataError
+from prunecast.data.columns import Layout, resolve_layout
+from prunecast.data.errors import DataError
 from prunecast.data.fill import fill_segments
 from prunecast.data.frequency import Frequencies, infer_frequencies
 from prunecast.data.tables import read_table
+from prunecast.data.timeaxis import parse_numbers, parse_timestamps, stamp, time_order
 
-FLOAT32_MAX = float(np.finfo(np.float32).max)
 WIDE_ID_COLUMN = "unique_id"
 """The id column of the forecasts of a wide table: it holds each series' source column name."""
 PAD_MODES = ("error", "first", "nan")
@@ -139,7 +139,7 @@ def _load(source: pd.DataFrame | str | Path, config: PanelConfig, where: str) ->
     if len(frame) == 0:
         raise DataError(f"{where}: the table has no rows (empty series)")
     codes, ids, t, tz, values = (_wide if layout.wide else _long)(frame, layout, where)
-    order = _time_order(codes, t)
+    order = time_order(codes, t)
     if order is not None:
         codes, t, values = codes[order], t[order], values[order]
     counts = np.bincount(codes, minlength=len(ids))
@@ -202,13 +202,13 @@ def _long(frame: pd.DataFrame, layout: Layout, where: str):
     codes, uniques = pd.factorize(id_col, sort=False)
     ids = pd.Index(uniques)
     codes = codes.astype(np.int64)
-    t, tz = _timestamps(
+    t, tz = parse_timestamps(
         frame[layout.timestamp], layout.timestamp, lambda row: _series(ids, codes[row]), where
     )
-    values = _numbers(
+    values = parse_numbers(
         frame[layout.targets[0]],
         layout.targets[0],
-        lambda row: f"{_series(ids, codes[row])} at {_stamp(t[row], tz)}",
+        lambda row: f"{_series(ids, codes[row])} at {stamp(t[row], tz)}",
         where,
     )
     return codes, ids, t, tz, values
@@ -216,10 +216,10 @@ def _long(frame: pd.DataFrame, layout: Layout, where: str):
 
 def _wide(frame: pd.DataFrame, layout: Layout, where: str):
     """Wide table columns, each trimmed to its first..last non-empty cell, laid out as a long panel."""
-    t, tz = _timestamps(frame[layout.timestamp], layout.timestamp, lambda row: f"row {row + 1}", where)
+    t, tz = parse_timestamps(frame[layout.timestamp], layout.timestamp, lambda row: f"row {row + 1}", where)
     columns = [
-        _numbers(
-            frame[c], c, lambda row, c=c: f"series {c!r} at {_stamp(t[row], tz)}", where, list(frame.columns)
+        parse_numbers(
+            frame[c], c, lambda row, c=c: f"series {c!r} at {stamp(t[row], tz)}", where, list(frame.columns)
         )
         for c in layout.targets
     ]
@@ -239,85 +239,11 @@ def _wide(frame: pd.DataFrame, layout: Layout, where: str):
     return codes.astype(np.int64), ids, np.broadcast_to(t, matrix.shape)[keep], tz, matrix[keep]
 
 
-def _timestamps(column: pd.Series, name: str, locate, where: str) -> tuple[np.ndarray, str | None]:
-    """A timestamp column as UTC-naive int64 ns and its time zone; unparseable or empty cells named."""
-    if pd.api.types.is_numeric_dtype(column) or pd.api.types.is_bool_dtype(column):
-        raise DataError(
-            f"{where}: timestamp column {name!r} holds numbers ({column.dtype}), not dates or times"
-        )
-    if isinstance(column.dtype, pd.DatetimeTZDtype) or pd.api.types.is_datetime64_dtype(column):
-        parsed = column
-    else:
-        parsed = pd.to_datetime(column, errors="coerce")
-        failed = parsed.isna() & column.notna()
-        if failed.any():  # more than one format in the column: let pandas read each cell on its own
-            retry = pd.to_datetime(column[failed], errors="coerce", format="mixed")
-            parsed = parsed.astype(retry.dtype) if retry.dtype != parsed.dtype else parsed
-            parsed[failed] = retry
-            still = parsed.isna() & column.notna()
-            if still.any():
-                row = int(np.argmax(still.to_numpy()))
-                raise DataError(
-                    f"{where}: {locate(row)}: timestamp {column.iloc[row]!r} cannot be parsed as a date/time "
-                    f"(column {name!r}, data row {row + 1})"
-                )
-    if parsed.isna().any():
-        row = int(np.argmax(parsed.isna().to_numpy()))
-        raise DataError(f"{where}: {locate(row)}: missing timestamp (column {name!r}, data row {row + 1})")
-    tz = None
-    if isinstance(parsed.dtype, pd.DatetimeTZDtype):
-        tz = str(parsed.dtype.tz)
-        parsed = parsed.dt.tz_convert("UTC").dt.tz_localize(None)
-    return parsed.to_numpy(dtype="datetime64[ns]").view(np.int64), tz
-
-
-def _numbers(
-    column: pd.Series, name: str, locate, where: str, wide_columns: list | None = None
-) -> np.ndarray:
-    """A value column as float64 (empty cells NaN); text and values beyond float32 named."""
-    if pd.api.types.is_bool_dtype(column):
-        raise DataError(f"{where}: column {name!r} holds booleans, not numbers")
-    if pd.api.types.is_numeric_dtype(column):
-        values = column.to_numpy(dtype=np.float64, na_value=np.nan)
-    else:
-        numeric = pd.to_numeric(column, errors="coerce")
-        bad = numeric.isna() & column.notna() & (column.astype(str).str.strip() != "")
-        if bad.any() and numeric.isna().all() and wide_columns is not None:
-            raise DataError(
-                f"{where}: column {name!r} holds no numbers, so it is no series of a wide table (no id column "
-                f"was found among {list(ID_NAMES)}); for a long table set id_column; columns found: {wide_columns}"
-            )
-        if bad.any():
-            row = int(np.argmax(bad.to_numpy()))
-            raise DataError(
-                f"{where}: {locate(row)}: value {column.iloc[row]!r} is not a number (column {name!r})"
-            )
-        values = numeric.to_numpy(dtype=np.float64, na_value=np.nan)
-    with np.errstate(invalid="ignore"):
-        beyond = np.abs(values) > FLOAT32_MAX
-    if beyond.any():
-        row = int(np.argmax(beyond))
-        raise DataError(
-            f"{where}: {locate(row)}: value {float(values[row])!r} is beyond float32 range (column {name!r})"
-        )
-    return values
-
-
-def _time_order(codes: np.ndarray, t: np.ndarray) -> np.ndarray | None:
-    """The permutation that groups rows by series and sorts each by time; None when already so."""
-    if len(codes) < 2:
-        return None
-    same = codes[1:] == codes[:-1]
-    if (np.diff(codes) >= 0).all() and (t[1:][same] >= t[:-1][same]).all():
-        return None
-    return np.lexsort((t, codes))
-
-
 def _check_distinct(codes: np.ndarray, t: np.ndarray, ids: pd.Index, tz: str | None) -> None:
     dup = np.flatnonzero((codes[1:] == codes[:-1]) & (t[1:] == t[:-1]))
     if dup.size:
         row = int(dup[0])
-        raise DataError(f"{_series(ids, codes[row])}: duplicate timestamp {_stamp(t[row], tz)}")
+        raise DataError(f"{_series(ids, codes[row])}: duplicate timestamp {stamp(t[row], tz)}")
 
 
 def _refuse_missing(grid, slots, grid_starts, missing_per, t, starts, freqs, ids, tz) -> None:
@@ -325,18 +251,13 @@ def _refuse_missing(grid, slots, grid_starts, missing_per, t, starts, freqs, ids
     i = int(np.flatnonzero(missing_per)[0])
     segment = grid[grid_starts[i] : grid_starts[i] + freqs.grid_lengths[i]]
     position = int(np.argmax(np.isnan(segment)))
-    stamp = _stamp(freqs.grid_time(i, int(t[starts[i]]), position), tz)
+    when = stamp(freqs.grid_time(i, int(t[starts[i]]), position), tz)
     has_row = np.zeros(len(grid), dtype=bool)
     has_row[slots] = True
     kind = "its value is missing (NaN)" if has_row[grid_starts[i] + position] else "no row has this timestamp"
     total = int(missing_per.sum())
     raise DataError(
-        f"{_series(ids, i)}: missing value at {stamp} ({kind}); {total} value(s) missing in "
+        f"{_series(ids, i)}: missing value at {when} ({kind}); {total} value(s) missing in "
         f"{int(np.count_nonzero(missing_per))} series; choose a fill policy (ffill, interpolate, zero, "
         "or none for a model that takes NaN)"
     )
-
-
-def _stamp(ns: int, tz: str | None) -> pd.Timestamp:
-    stamp = pd.Timestamp(int(ns))
-    return stamp.tz_localize("UTC").tz_convert(tz) if tz else stamp
