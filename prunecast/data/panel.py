@@ -21,7 +21,7 @@ from prunecast.common.defaults import FILL_POLICIES
 from prunecast.data.columns import Layout, resolve_layout
 from prunecast.data.errors import DataError
 from prunecast.data.fill import fill_segments
-from prunecast.data.frequency import Frequencies, infer_frequencies
+from prunecast.data.frequency import Frequencies, infer_frequencies, series_steps
 from prunecast.data.tables import read_table
 from prunecast.data.timeaxis import parse_numbers, parse_timestamps, stamp, time_order
 
@@ -138,25 +138,32 @@ def _load(source: pd.DataFrame | str | Path, config: PanelConfig, where: str) ->
     )
     if len(frame) == 0:
         raise DataError(f"{where}: the table has no rows (empty series)")
-    codes, ids, t, tz, values = (_wide if layout.wide else _long)(frame, layout, where)
-    order = time_order(codes, t)
-    if order is not None:
-        codes, t, values = codes[order], t[order], values[order]
-    counts = np.bincount(codes, minlength=len(ids))
+    rows, t, tz, values = (_wide if layout.wide else _long)(frame, layout, where)
+    ids, counts = rows.ids, rows.counts
     if (counts == 0).any():
         empty = int(np.argmin(counts))
         raise DataError(f"{_series(ids, empty)}: is empty (no values)")
     starts = np.concatenate([[0], np.cumsum(counts)[:-1]]).astype(np.int64)
-    _check_distinct(codes, t, ids, tz)
+    # rows already grouped by series and in time order (the usual file) cost one pass over the steps
+    diffs = series_steps(t, starts) if rows.grouped else None
+    if diffs is None or not (diffs > 0).all():
+        order = time_order(rows.all_codes(), t)
+        if order is not None:
+            t, values = t[order], values[order]
+            diffs = series_steps(t, starts)
+        _check_distinct(diffs, starts, t, ids, tz)
 
     def describe(i: int) -> str:
         return _series(ids, i)
 
-    freqs = infer_frequencies(t, starts, counts, describe, config.freq, tz)
-    grid_starts = np.concatenate([[0], np.cumsum(freqs.grid_lengths)[:-1]]).astype(np.int64)
-    grid = np.full(int(freqs.grid_lengths.sum()), np.nan)
-    slots = np.repeat(grid_starts, counts) + freqs.positions
-    grid[slots] = values
+    freqs = infer_frequencies(t, starts, counts, describe, config.freq, tz, diffs)
+    if freqs.positions is None:  # every series is gap-free: its rows are its grid
+        grid_starts, grid, slots = starts, values, None
+    else:
+        grid_starts = np.concatenate([[0], np.cumsum(freqs.grid_lengths)[:-1]]).astype(np.int64)
+        grid = np.full(int(freqs.grid_lengths.sum()), np.nan)
+        slots = np.repeat(grid_starts, counts) + freqs.positions
+        grid[slots] = values
     missing = np.isnan(grid)
     missing_per = np.add.reduceat(missing, grid_starts) if missing.any() else np.zeros(len(ids), np.int64)
     empty = np.flatnonzero(missing_per == freqs.grid_lengths)
@@ -199,19 +206,97 @@ def _long(frame: pd.DataFrame, layout: Layout, where: str):
     if id_col.isna().any():
         row = int(np.argmax(id_col.isna().to_numpy()))
         raise DataError(f"{where}: row {row + 1} has no series id (column {layout.id!r} is empty there)")
-    codes, uniques = pd.factorize(id_col, sort=False)
-    ids = pd.Index(uniques)
-    codes = codes.astype(np.int64)
+    rows = series_codes(id_col)
+    ids = rows.ids
     t, tz = parse_timestamps(
-        frame[layout.timestamp], layout.timestamp, lambda row: _series(ids, codes[row]), where
+        frame[layout.timestamp], layout.timestamp, lambda row: _series(ids, rows.code(row)), where
     )
     values = parse_numbers(
         frame[layout.targets[0]],
         layout.targets[0],
-        lambda row: f"{_series(ids, codes[row])} at {stamp(t[row], tz)}",
+        lambda row: f"{_series(ids, rows.code(row))} at {stamp(t[row], tz)}",
         where,
     )
-    return codes, ids, t, tz, values
+    return rows, t, tz, values
+
+
+@dataclass
+class SeriesRows:
+    """Which series each row of a table belongs to.
+
+    ``codes`` (each row's series number) is kept only when the rows are not grouped: rows grouped
+    by series in order of first appearance, the usual file, are described by ``counts`` alone.
+    """
+
+    ids: pd.Index
+    """Series ids in order of first appearance."""
+    counts: np.ndarray
+    codes: np.ndarray | None = None
+
+    @property
+    def grouped(self) -> bool:
+        """Every series' rows together, the series in order of first appearance."""
+        return self.codes is None
+
+    def code(self, row: int) -> int:
+        """The series number of data row ``row`` (0-based, file order)."""
+        if self.codes is not None:
+            return int(self.codes[row])
+        return int(np.searchsorted(np.cumsum(self.counts), row, side="right"))
+
+    def all_codes(self) -> np.ndarray:
+        if self.codes is None:
+            return np.repeat(np.arange(len(self.ids), dtype=np.int64), self.counts)
+        return self.codes
+
+
+def series_codes(column: pd.Series) -> SeriesRows:
+    """The series of each row and the series ids in order of first appearance.
+
+    Rows usually come grouped (each series' rows together): then comparing each id with the
+    previous one finds the runs, several times faster than hashing millions of strings, and
+    pandas' factorize (a hash table) is needed only when an id comes back after another.
+    """
+    runs = _runs(column)
+    if runs is not None:
+        starts, firsts = runs
+        if firsts.is_unique:
+            return SeriesRows(firsts, np.diff(np.append(starts, len(column))))
+    codes, uniques = pd.factorize(column, sort=False)
+    codes = codes.astype(np.int64)
+    grouped = len(codes) < 2 or bool((codes[1:] >= codes[:-1]).all())
+    counts = np.bincount(codes, minlength=len(uniques))
+    return SeriesRows(pd.Index(uniques), counts, None if grouped else codes)
+
+
+def _runs(column: pd.Series) -> tuple[np.ndarray, pd.Index] | None:
+    """The first row and the id of each run of equal ids (Arrow-backed or numeric ids); None for others."""
+    if pd.api.types.is_numeric_dtype(column.dtype) and not isinstance(column.dtype, pd.ArrowDtype):
+        ids = column.to_numpy()
+        starts = np.concatenate([[0], np.flatnonzero(ids[1:] != ids[:-1]) + 1]).astype(np.int64)
+        return starts, pd.Index(column.iloc[starts])
+    if not hasattr(column.dtype, "__from_arrow__") or isinstance(column.dtype, pd.CategoricalDtype):
+        return None
+    import pyarrow as pa
+    import pyarrow.compute as pc
+
+    starts, firsts, offset, previous = [], [], 0, None
+    for chunk in pa.chunked_array(pa.array(column.array)).chunks:
+        if not len(chunk):
+            continue
+        local = np.zeros(1, dtype=np.int64)
+        if len(chunk) > 1:
+            differ = pc.not_equal(chunk.slice(1), chunk.slice(0, len(chunk) - 1))
+            local = np.concatenate([local, pc.indices_nonzero(differ).to_numpy().astype(np.int64) + 1])
+        if previous is not None and not pc.not_equal(previous, chunk[0]).as_py():
+            local = local[1:]  # the chunk goes on with the previous chunk's last id
+        starts.append(local + offset)
+        firsts.append(chunk.take(local))
+        offset, previous = offset + len(chunk), chunk[len(chunk) - 1]
+    if not starts:
+        return None
+    ids = column.dtype.__from_arrow__(pa.chunked_array(firsts, type=firsts[0].type))
+    return np.concatenate(starts), pd.Index(ids)
 
 
 def _wide(frame: pd.DataFrame, layout: Layout, where: str):
@@ -234,16 +319,19 @@ def _wide(frame: pd.DataFrame, layout: Layout, where: str):
     first = t[order][np.argmax(ranked, axis=1)]
     last = t[order][ranked.shape[1] - 1 - np.argmax(ranked[:, ::-1], axis=1)]
     keep = (t[None, :] >= first[:, None]) & (t[None, :] <= last[:, None])
-    codes = np.broadcast_to(np.arange(len(columns))[:, None], matrix.shape)[keep]
-    ids = pd.Index(layout.targets)
-    return codes.astype(np.int64), ids, np.broadcast_to(t, matrix.shape)[keep], tz, matrix[keep]
+    rows = SeriesRows(pd.Index(layout.targets), keep.sum(axis=1))
+    return rows, np.broadcast_to(t, matrix.shape)[keep], tz, matrix[keep]
 
 
-def _check_distinct(codes: np.ndarray, t: np.ndarray, ids: pd.Index, tz: str | None) -> None:
-    dup = np.flatnonzero((codes[1:] == codes[:-1]) & (t[1:] == t[:-1]))
+def _check_distinct(
+    diffs: np.ndarray, starts: np.ndarray, t: np.ndarray, ids: pd.Index, tz: str | None
+) -> None:
+    """A zero step (:func:`series_steps` of the sorted rows) is a timestamp repeated within a series."""
+    dup = np.flatnonzero(diffs == 0)
     if dup.size:
         row = int(dup[0])
-        raise DataError(f"{_series(ids, codes[row])}: duplicate timestamp {stamp(t[row], tz)}")
+        series = int(np.searchsorted(starts, row, side="right") - 1)
+        raise DataError(f"{_series(ids, series)}: duplicate timestamp {stamp(t[row], tz)}")
 
 
 def _refuse_missing(grid, slots, grid_starts, missing_per, t, starts, freqs, ids, tz) -> None:
@@ -253,7 +341,7 @@ def _refuse_missing(grid, slots, grid_starts, missing_per, t, starts, freqs, ids
     position = int(np.argmax(np.isnan(segment)))
     when = stamp(freqs.grid_time(i, int(t[starts[i]]), position), tz)
     has_row = np.zeros(len(grid), dtype=bool)
-    has_row[slots] = True
+    has_row[slice(None) if slots is None else slots] = True
     kind = "its value is missing (NaN)" if has_row[grid_starts[i] + position] else "no row has this timestamp"
     total = int(missing_per.sum())
     raise DataError(

@@ -16,6 +16,9 @@ from prunecast.data.columns import ID_NAMES
 from prunecast.data.errors import DataError
 
 FLOAT32_MAX = float(np.finfo(np.float32).max)
+NAT = np.iinfo(np.int64).min
+NARROW = (np.dtype(np.float32), np.dtype(np.float16))
+NS_PER = {"s": 10**9, "ms": 10**6, "us": 10**3, "ns": 1}
 
 
 def parse_timestamps(column: pd.Series, name: str, locate, where: str) -> tuple[np.ndarray, str | None]:
@@ -40,14 +43,33 @@ def parse_timestamps(column: pd.Series, name: str, locate, where: str) -> tuple[
                     f"{where}: {locate(row)}: timestamp {column.iloc[row]!r} cannot be parsed as a date/time "
                     f"(column {name!r}, data row {row + 1})"
                 )
-    if parsed.isna().any():
-        row = int(np.argmax(parsed.isna().to_numpy()))
-        raise DataError(f"{where}: {locate(row)}: missing timestamp (column {name!r}, data row {row + 1})")
     tz = None
     if isinstance(parsed.dtype, pd.DatetimeTZDtype):
         tz = str(parsed.dtype.tz)
         parsed = parsed.dt.tz_convert("UTC").dt.tz_localize(None)
-    return parsed.to_numpy(dtype="datetime64[ns]").view(np.int64), tz
+    if isinstance(parsed.dtype, pd.ArrowDtype):
+        parsed = parsed.astype("datetime64[ns]")
+    raw = parsed.to_numpy()
+    ints = raw.view(np.int64)
+    missing = ints == NAT
+    if missing.any():
+        row = int(np.argmax(missing))
+        raise DataError(f"{where}: {locate(row)}: missing timestamp (column {name!r}, data row {row + 1})")
+    return _nanoseconds(ints, np.datetime_data(raw.dtype)[0], name, where), tz
+
+
+def _nanoseconds(ints: np.ndarray, unit: str, name: str, where: str) -> np.ndarray:
+    """Integer timestamps in ``unit`` as int64 ns: a multiply, far cheaper than pandas' unit cast."""
+    factor = NS_PER[unit]
+    if factor == 1:
+        return ints
+    limit = np.iinfo(np.int64).max // factor
+    if ints.max() > limit or ints.min() < -limit:
+        raise DataError(
+            f"{where}: timestamp column {name!r} holds dates outside the years 1677-2262 that "
+            "nanosecond timestamps cover"
+        )
+    return ints * factor
 
 
 def parse_numbers(
@@ -72,8 +94,10 @@ def parse_numbers(
                 f"{where}: {locate(row)}: value {column.iloc[row]!r} is not a number (column {name!r})"
             )
         values = numeric.to_numpy(dtype=np.float64, na_value=np.nan)
+    source = column.dtype if isinstance(column.dtype, np.dtype) else None
     with np.errstate(invalid="ignore"):
-        beyond = np.abs(values) > FLOAT32_MAX
+        # float32 (or narrower) cells hold nothing beyond float32 but infinities: test the smaller array
+        beyond = np.isinf(column.to_numpy()) if source in NARROW else np.abs(values) > FLOAT32_MAX
     if beyond.any():
         row = int(np.argmax(beyond))
         raise DataError(
