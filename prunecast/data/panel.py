@@ -22,7 +22,7 @@ from prunecast.data.columns import Layout, resolve_layout
 from prunecast.data.errors import DataError
 from prunecast.data.fill import fill_segments
 from prunecast.data.frequency import Frequencies, infer_frequencies, series_steps
-from prunecast.data.tables import read_table
+from prunecast.data.tables import read_table, table_columns
 from prunecast.data.timeaxis import parse_numbers, parse_timestamps, stamp, time_order
 
 WIDE_ID_COLUMN = "unique_id"
@@ -130,8 +130,23 @@ def load_panel(
         raise DataError(f"{where}: {exc}") from None
 
 
+def read_panel(path: str | Path, config: PanelConfig = PanelConfig()) -> pd.DataFrame:
+    """The table in ``path``; a long Parquet table's id column read dictionary-encoded (as stored).
+
+    The dictionary codes say which series each row belongs to, so millions of id strings are
+    neither built nor compared.
+    """
+    names = table_columns(path)
+    ident = None
+    if names is not None:
+        ident = resolve_layout(
+            names, config.id_column, config.timestamp_column, config.target_column, str(path)
+        ).id
+    return read_table(path, dictionary=(ident,) if ident else ())
+
+
 def _load(source: pd.DataFrame | str | Path, config: PanelConfig, where: str) -> Panel:
-    frame = source if isinstance(source, pd.DataFrame) else read_table(source)
+    frame = source if isinstance(source, pd.DataFrame) else read_panel(source, config)
     start = time.perf_counter()
     layout = resolve_layout(
         list(frame.columns), config.id_column, config.timestamp_column, config.target_column, where
@@ -264,13 +279,20 @@ def series_codes(column: pd.Series) -> SeriesRows:
             return SeriesRows(firsts, np.diff(np.append(starts, len(column))))
     codes, uniques = pd.factorize(column, sort=False)
     codes = codes.astype(np.int64)
+    if isinstance(uniques.dtype, pd.CategoricalDtype):  # the ids themselves, not a categorical of them
+        uniques = uniques.categories.take(uniques.codes)
     grouped = len(codes) < 2 or bool((codes[1:] >= codes[:-1]).all())
     counts = np.bincount(codes, minlength=len(uniques))
     return SeriesRows(pd.Index(uniques), counts, None if grouped else codes)
 
 
 def _runs(column: pd.Series) -> tuple[np.ndarray, pd.Index] | None:
-    """The first row and the id of each run of equal ids (Arrow-backed or numeric ids); None for others."""
+    """The first row and the id of each run of equal ids (categorical, Arrow-backed or numeric ids);
+    None for other types."""
+    if isinstance(column.dtype, pd.CategoricalDtype):
+        codes = column.cat.codes.to_numpy()
+        starts = np.concatenate([[0], np.flatnonzero(codes[1:] != codes[:-1]) + 1]).astype(np.int64)
+        return starts, pd.Index(column.cat.categories.take(codes[starts]))
     if pd.api.types.is_numeric_dtype(column.dtype) and not isinstance(column.dtype, pd.ArrowDtype):
         ids = column.to_numpy()
         starts = np.concatenate([[0], np.flatnonzero(ids[1:] != ids[:-1]) + 1]).astype(np.int64)
