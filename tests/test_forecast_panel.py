@@ -231,6 +231,23 @@ def test_bad_values_in_a_csv_name_series_and_timestamp(tmp_path):
         load_panel(frame)
 
 
+def test_float32_infinity_and_timestamps_past_nanoseconds_are_named(tmp_path):
+    frame = _long(np.arange(6.0, dtype=np.float32), ids=["a"] * 3 + ["b"] * 3)
+    frame.loc[5, "y"] = np.float32(np.inf)
+    with pytest.raises(DataError, match=r"series 'b' at 2021-03-01 05:00:00: value inf is beyond float32"):
+        load_panel(frame)
+    stamps = pd.Series(pd.date_range("2250-01-01", periods=4, freq="5000D", unit="s"))
+    frame = pd.DataFrame({"unique_id": "a", "ds": stamps, "y": np.arange(4.0)})
+    path = write_table(frame, tmp_path / "far.parquet")
+    with pytest.raises(
+        DataError, match=r"far\.parquet: timestamp column 'ds' holds dates outside the years 1677-2262"
+    ):
+        load_panel(path)
+    frame.loc[2, "ds"] = pd.NaT
+    with pytest.raises(DataError, match=r"series 'a': missing timestamp \(column 'ds', data row 3\)"):
+        load_panel(frame)
+
+
 @pytest.mark.parametrize(
     ("columns", "config", "message"),
     [
