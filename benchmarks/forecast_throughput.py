@@ -110,7 +110,7 @@ def plot(results: dict, target: bool, path: Path) -> None:
     ax.set_ylabel("seconds (best round)")
     verdict = "met" if target else "not met"
     ax.set_title(
-        f"prunecast forecast, 10,000-series panel, stage seconds\ntarget read+validate+write < model (pruned): {verdict}",
+        f"prunecast forecast, {results[names[0]]['series']:,}-series panel, stage seconds\ntarget read+validate+write < model (pruned): {verdict}",
         fontsize=9,
     )
     ax.legend(fontsize=7, loc="upper right")
