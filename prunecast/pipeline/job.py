@@ -85,6 +85,7 @@ def run(config: RunConfig, log=None) -> dict:
         "model": config.model,
         "revision": config.revision,
         "data": str(data.benchmark.path),
+        "data_repairs": list(data.benchmark.notes),
         "horizon": config.horizon,
         "context_length": original.context_length,
         "test_windows": len(data.test)
