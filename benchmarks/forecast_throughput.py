@@ -6,7 +6,8 @@ frequency. It is written once as Parquet, then forecast through ``forecast_file`
 the CLI) with the original and the pruned TTM artifacts, alternating, ``--rounds`` times each. Each
 stage's seconds come from the summary: reading, validation, fill, batching, the model, assembling
 and writing the output. The target: reading + validation + writing take less time than the model
-does for the pruned artifact.
+does for the pruned artifact. Writes the results JSON and, beside it, a PNG of the stage seconds
+stacked per artifact (``forecast_throughput.png``).
 
     flock /tmp/prunecast-bench.lock python benchmarks/forecast_throughput.py \
         --original runs/latest/artifacts/original --pruned runs/latest/artifacts/pruned
@@ -28,7 +29,9 @@ from prunecast.bench.timing import machine_info
 from prunecast.runtime import Forecaster
 from prunecast.runtime.frame import forecast_file
 
-DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data"
+DATA = Path(
+    os.environ.get("PRUNECAST_SHARED_DATA", Path(__file__).resolve().parents[1].parent / "shared" / "data")
+)
 FILES = {
     "ETTh1": DATA / "ETT-small" / "ETTh1.csv",
     "ETTm1": DATA / "ETT-small" / "ETTm1.csv",
@@ -36,6 +39,8 @@ FILES = {
 }
 OUT = Path(__file__).parent / "results" / "forecast_throughput.json"
 OUTSIDE = ("read", "validate", "write")
+STACK = ("read", "validate", "fill", "model", "write")
+"""The stages drawn in the plot, bottom to top; batching and assembling the output are drawn as "other"."""
 
 
 def build_panel(n_series: int, context: int, seed: int = 0) -> pd.DataFrame:
@@ -61,6 +66,58 @@ def build_panel(n_series: int, context: int, seed: int = 0) -> pd.DataFrame:
     return pd.DataFrame(
         {"unique_id": np.concatenate(ids), "ds": np.concatenate(stamps), "y": np.concatenate(values)}
     )
+
+
+def plot(results: dict, target: bool, path: Path) -> None:
+    """Stacked bars of the best round's stage seconds, one bar per artifact."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    names = list(results)
+    fig, ax = plt.subplots(figsize=(7, 4.5))
+    bottom = np.zeros(len(names))
+    for stage in (*STACK, "other"):
+        if stage == "other":
+            heights = [
+                results[n]["seconds"] - sum(results[n]["stage_seconds"].get(k, 0.0) for k in STACK)
+                for n in names
+            ]
+        else:
+            heights = [results[n]["stage_seconds"].get(stage, 0.0) for n in names]
+        bars = ax.bar(names, heights, bottom=bottom, label=stage, hatch="//" if stage == "model" else None)
+        for bar, h in zip(bars, heights, strict=True):
+            if h > 0.02 * max(r["seconds"] for r in results.values()):
+                ax.text(
+                    bar.get_x() + bar.get_width() / 2,
+                    bar.get_y() + h / 2,
+                    f"{h:.3f}",
+                    ha="center",
+                    va="center",
+                    fontsize=7,
+                )
+        bottom += np.asarray(heights)
+    for i, n in enumerate(names):
+        ax.text(
+            i,
+            bottom[i],
+            f"{results[n]['seconds']:.2f} s, {results[n]['series_per_s']:,.0f} series/s",
+            ha="center",
+            va="bottom",
+            fontsize=8,
+        )
+    ax.set_ylabel("seconds (best round)")
+    verdict = "met" if target else "not met"
+    ax.set_title(
+        f"prunecast forecast, {results[names[0]]['series']:,}-series panel, stage seconds\ntarget read+validate+write < model (pruned): {verdict}",
+        fontsize=9,
+    )
+    ax.legend(fontsize=7, loc="upper right")
+    ax.set_ylim(0, bottom.max() * 1.15)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
 
 
 def main() -> None:
@@ -113,6 +170,7 @@ def main() -> None:
         "measured_at": time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime()),
     }
     args.out.write_text(json.dumps(report, indent=2) + "\n")
+    plot(results, bool(target), args.out.with_suffix(".png"))
     print(json.dumps(report, indent=2))
 
 

@@ -90,17 +90,26 @@ def test_non_numeric_value_names_column_and_row(tmp_path):
     frame["s1"] = frame["s1"].astype(object)
     frame.loc[7, "s1"] = "oops"
     frame.to_csv(p, index=False)
-    with pytest.raises(DataError, match=r"bad.csv: column 's1' has a non-numeric value 'oops' at data row 8"):
+    with pytest.raises(
+        DataError,
+        match=r"bad.csv: data row 8 \(2020-01-01 07:00:00\): value 'oops' is not a number \(column 's1'\)",
+    ):
         load_benchmark(p)
 
 
-@pytest.mark.parametrize("bad, kind", [(np.nan, "NaN"), (np.inf, "inf")])
-def test_nan_and_inf_are_named(tmp_path, bad, kind):
+@pytest.mark.parametrize(
+    "bad, message",
+    [
+        (np.nan, r"column 's2' has NaN at data row 4 \(2020-01-01 03:00:00\)"),
+        (np.inf, r"data row 4 \(2020-01-01 03:00:00\): value inf is beyond float32 range \(column 's2'\)"),
+    ],
+)
+def test_nan_and_inf_are_named(tmp_path, bad, message):
     p = write_csv(tmp_path / "nan.csv", rows=50)
     frame = pd.read_csv(p)
     frame.loc[3, "s2"] = bad
     frame.to_csv(p, index=False)
-    with pytest.raises(DataError, match=rf"nan.csv: column 's2' has {kind} at data row 4"):
+    with pytest.raises(DataError, match=rf"nan.csv: {message}"):
         load_benchmark(p)
 
 

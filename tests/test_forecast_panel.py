@@ -48,6 +48,40 @@ def test_ragged_long_panel_from_the_shared_files(tmp_path, suffix):
     assert panel.filled.sum() == 0
 
 
+def _by_id(panel) -> dict:
+    """Each series' grid values, last timestamp, frequency and filled count, keyed by id."""
+    freqs = panel.frequencies.names()
+    return {
+        str(i): (
+            panel.values[panel.starts[k] : panel.starts[k] + panel.lengths[k]].tolist(),
+            int(panel.last[k]),
+            freqs[k],
+            int(panel.filled[k]),
+        )
+        for k, i in enumerate(panel.ids)
+    }
+
+
+@requires_data
+@pytest.mark.parametrize("suffix", [".csv", ".parquet"])
+def test_grouped_rows_give_the_same_panel_as_shuffled_rows(tmp_path, suffix):
+    """Grouped rows (ids compared with their neighbours, rows their own grid) equal the sorting path."""
+    grouped = ragged_panel(shuffle=False)
+    grouped = grouped.drop(index=grouped.index[100:105]).reset_index(drop=True)  # a gap in one series
+    shuffled = grouped.sample(frac=1.0, random_state=1).reset_index(drop=True)
+    config = PanelConfig(fill="interpolate")
+    fast = load_panel(write_table(grouped, tmp_path / f"grouped{suffix}"), config)
+    assert not isinstance(fast.ids.dtype, pd.CategoricalDtype)
+    assert _names(fast) == list(dict.fromkeys(grouped["unique_id"]))
+    assert int(fast.filled.sum()) == 5
+    for other in (
+        load_panel(write_table(shuffled, tmp_path / f"shuffled{suffix}"), config),
+        load_panel(grouped, config),
+        load_panel(shuffled, config),
+    ):
+        assert _by_id(other) == _by_id(fast)
+
+
 @requires_data
 def test_future_timestamps_follow_each_series_frequency():
     panel = load_panel(ragged_panel())
@@ -194,6 +228,23 @@ def test_bad_values_in_a_csv_name_series_and_timestamp(tmp_path):
         load_panel(path)
     frame.loc[4, "y"] = -np.inf
     with pytest.raises(DataError, match=r"series 'b' at 2021-03-01 04:00:00: value -inf is beyond float32"):
+        load_panel(frame)
+
+
+def test_float32_infinity_and_timestamps_past_nanoseconds_are_named(tmp_path):
+    frame = _long(np.arange(6.0, dtype=np.float32), ids=["a"] * 3 + ["b"] * 3)
+    frame.loc[5, "y"] = np.float32(np.inf)
+    with pytest.raises(DataError, match=r"series 'b' at 2021-03-01 05:00:00: value inf is beyond float32"):
+        load_panel(frame)
+    stamps = pd.Series(pd.date_range("2250-01-01", periods=4, freq="5000D", unit="s"))
+    frame = pd.DataFrame({"unique_id": "a", "ds": stamps, "y": np.arange(4.0)})
+    path = write_table(frame, tmp_path / "far.parquet")
+    with pytest.raises(
+        DataError, match=r"far\.parquet: timestamp column 'ds' holds dates outside the years 1677-2262"
+    ):
+        load_panel(path)
+    frame.loc[2, "ds"] = pd.NaT
+    with pytest.raises(DataError, match=r"series 'a': missing timestamp \(column 'ds', data row 3\)"):
         load_panel(frame)
 
 

@@ -22,6 +22,7 @@ from prunecast.bench.timing import (
     speedups,
     time_candidates,
 )
+from prunecast.data.csv import TimeAxisPolicy
 
 BATCH_SIZES = (1, 8, 64, 256)
 CPU_BACKENDS = ("torch", "onnxruntime")
@@ -36,6 +37,8 @@ class BenchConfig:
     """None: PyTorch and onnxruntime, plus TensorRT when it loads here."""
     threads: int = 2
     data: str = "ETTh1"
+    time_axis: TimeAxisPolicy = TimeAxisPolicy()
+    """How ``data``'s time axis is checked (see :class:`prunecast.data.TimeAxisPolicy`)."""
     timing: TimingConfig = TimingConfig()
     revision: str | None = None
     """HF branch, tag or commit for the models given as HF ids (not for directories)."""
@@ -95,7 +98,7 @@ def bench(models: dict[str, str | Path], config: BenchConfig = BenchConfig()) ->
                 )
                 for b in backends
             }
-            inputs = _inputs(config.data, forecasters[backends[0]], max(config.batch_sizes))
+            inputs = _inputs(config.data, forecasters[backends[0]], max(config.batch_sizes), config.time_axis)
             reference = forecasters["torch"].predict_batch(inputs) if "torch" in forecasters else None
             for backend, fc in forecasters.items():
                 parity = None
@@ -130,11 +133,11 @@ def bench(models: dict[str, str | Path], config: BenchConfig = BenchConfig()) ->
     }
 
 
-def _inputs(data: str, forecaster, count: int) -> np.ndarray:
+def _inputs(data: str, forecaster, count: int, policy: TimeAxisPolicy) -> np.ndarray:
     """``count`` real scaled test contexts of ``data``, repeated if the split is shorter."""
     from prunecast.data import prepare_windows
 
-    test = prepare_windows(data, forecaster.context_length, forecaster.horizon).test
+    test = prepare_windows(data, forecaster.context_length, forecaster.horizon, policy=policy).test
     indices = np.arange(count) % len(test)
     contexts, _ = test.gather(indices)
     return contexts

@@ -6,7 +6,7 @@ import argparse
 import json
 from pathlib import Path
 
-from prunecast.cli.common import emit
+from prunecast.cli.common import add_time_axis_args, emit, time_axis_from_args
 from prunecast.common.defaults import DEFAULT_DATA
 
 
@@ -23,6 +23,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--batches", type=int, nargs="+", default=None, help="batch sizes (default 1 8 64 256)")
     p.add_argument("--threads", type=int, default=None, help="CPU threads for every backend (default 2)")
     p.add_argument("--data", default=DEFAULT_DATA, help="benchmark whose scaled test windows are the inputs")
+    add_time_axis_args(p)
     p.add_argument("--revision", default=None, help="HF branch, tag or commit of the models given as HF ids")
     p.add_argument("--out", type=Path, default=None, help="also write the full result as JSON here")
     p.add_argument("--json", action="store_true", help="print the full result as JSON")
@@ -49,7 +50,10 @@ def run(args: argparse.Namespace) -> int:
     from prunecast.bench import BenchConfig, bench
 
     config = BenchConfig(
-        data=args.data, backends=tuple(args.backends) if args.backends else None, revision=args.revision
+        data=args.data,
+        time_axis=time_axis_from_args(args),
+        backends=tuple(args.backends) if args.backends else None,
+        revision=args.revision,
     )
     if args.batches:
         config = replace(config, batch_sizes=tuple(args.batches))

@@ -30,8 +30,33 @@ def add_model_data_args(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--columns", nargs="+", default=None, help="series columns to use (default: all numeric)"
     )
+    add_time_axis_args(parser)
     parser.add_argument("--horizon", type=int, default=DEFAULT_HORIZON, help="forecast steps (default 96)")
     parser.add_argument("--context", type=int, default=None, help="context length (default: the model's)")
+
+
+def add_time_axis_args(parser: argparse.ArgumentParser) -> None:
+    """The opt-ins for a benchmark file whose time axis has known defects (weather.csv has both)."""
+    parser.add_argument(
+        "--duplicates",
+        choices=("error", "first"),
+        default="error",
+        help="a timestamp on more than one row: refuse naming the rows (default), or keep the first row",
+    )
+    parser.add_argument(
+        "--fill",
+        choices=("error", "ffill", "interpolate", "zero"),
+        default="error",
+        help="timestamps missing from the data's regular grid: refuse naming them (default), or fill "
+        "every column there",
+    )
+
+
+def time_axis_from_args(args: argparse.Namespace):
+    """The :class:`~prunecast.data.TimeAxisPolicy` that :func:`add_time_axis_args`' options describe."""
+    from prunecast.data import TimeAxisPolicy
+
+    return TimeAxisPolicy(duplicates=args.duplicates, fill=args.fill)
 
 
 def emit(result: dict, as_json: bool, lines: list[str]) -> None:
@@ -62,4 +87,6 @@ def load_model_and_data(args: argparse.Namespace):
     from prunecast.data import prepare_windows
 
     model = load_model_from_args(args)
-    return model, prepare_windows(args.data, model.context_length, args.horizon, columns=args.columns)
+    return model, prepare_windows(
+        args.data, model.context_length, args.horizon, columns=args.columns, policy=time_axis_from_args(args)
+    )

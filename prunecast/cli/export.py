@@ -5,7 +5,13 @@ from __future__ import annotations
 import argparse
 import time
 
-from prunecast.cli.common import add_revision_arg, emit, load_model_from_args
+from prunecast.cli.common import (
+    add_revision_arg,
+    add_time_axis_args,
+    emit,
+    load_model_from_args,
+    time_axis_from_args,
+)
 from prunecast.common.defaults import DEFAULT_DATA
 
 
@@ -30,6 +36,7 @@ def register(sub: argparse._SubParsersAction) -> None:
         default=DEFAULT_DATA,
         help=f"benchmark whose test windows check parity (default {DEFAULT_DATA})",
     )
+    add_time_axis_args(p)
     p.add_argument("--json", action="store_true", help="print the manifest as one JSON object")
     p.set_defaults(func=run)
 
@@ -39,7 +46,12 @@ def run(args: argparse.Namespace) -> int:
 
     model = load_model_from_args(args)
     config = ExportConfig(
-        opset=args.opset, optimize=args.optimize, fp16=args.fp16, data=args.data, source_model=args.model
+        opset=args.opset,
+        optimize=args.optimize,
+        fp16=args.fp16,
+        data=args.data,
+        time_axis=time_axis_from_args(args),
+        source_model=args.model,
     )
     start = time.perf_counter()
     manifest = export_onnx(model, args.out, config)

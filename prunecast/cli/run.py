@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from prunecast.cli.common import add_revision_arg, emit
+from prunecast.cli.common import add_revision_arg, add_time_axis_args, emit, time_axis_from_args
 from prunecast.common.defaults import (
     DEFAULT_BUDGET,
     DEFAULT_DATA,
@@ -28,6 +28,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument(
         "--data", default=DEFAULT_DATA, help=f"benchmark CSV or bundled name (default {DEFAULT_DATA})"
     )
+    add_time_axis_args(p)
     p.add_argument(
         "--horizon",
         type=int,
@@ -85,6 +86,7 @@ def run(args: argparse.Namespace) -> int:
         model=args.model,
         revision=args.revision,
         data=args.data,
+        time_axis=time_axis_from_args(args),
         horizon=args.horizon,
         prune=prune_cfg,
         finetune=ft_cfg,

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from prunecast.data.csv import DataError
+from prunecast.data.errors import DataError
 
 ID_NAMES = ("unique_id", "item_id", "id")
 TIMESTAMP_NAMES = ("ds", "timestamp", "date", "time", "datetime")

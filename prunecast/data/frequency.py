@@ -1,7 +1,8 @@
 """Each series' sampling frequency, as a pandas offset, and every row's place on that series' grid.
 
-A series whose steps are all equal (the common case, decided for the whole panel with a few
-array reductions) gets that step as a fixed offset (``10min``, ``h``, ``7D``). Any other series
+A series whose steps are all equal (the common case, decided for the whole panel at once: its
+smallest step times its length equals its span) gets that step as a fixed offset (``10min``, ``h``,
+``7D``), and its rows are its grid, so nothing is divided or scattered. Any other series
 is asked of ``pandas.infer_freq``; when gaps defeat that, the candidates are the most common step
 and, for month/quarter/year-like and daily steps, the calendar offsets (``MS``, ``ME``, ``QS``,
 ``QE``, ``YS``, ``YE``, ``B``); the one that explains every timestamp on the smallest grid wins.
@@ -19,7 +20,7 @@ import pandas as pd
 from pandas.tseries.frequencies import to_offset
 from pandas.tseries.offsets import BaseOffset, Tick
 
-from prunecast.data.csv import DataError
+from prunecast.data.errors import DataError
 
 DAY_NS = 86_400 * 10**9
 CALENDAR_CANDIDATES = (
@@ -29,6 +30,7 @@ CALENDAR_CANDIDATES = (
     ((1, 1), ("B",)),
 )
 """Step lengths in days for which a calendar offset may be what the data follows."""
+STEP_MAX = np.iinfo(np.int64).max
 MAX_GRID_GROWTH = 100
 """A grid this many times longer than a series' rows means a wrong ``freq`` (e.g. seconds for daily data)."""
 
@@ -39,8 +41,9 @@ class Frequencies:
 
     steps: np.ndarray
     calendar: dict[int, BaseOffset]
-    positions: np.ndarray
-    """Every row's index on its series' grid (0 for the series' first timestamp)."""
+    positions: np.ndarray | None
+    """Every row's index on its series' grid (0 for the series' first timestamp); None when no
+    series has a gap, so every row is its own grid step."""
     grid_lengths: np.ndarray
     tz: str | None = None
 
@@ -83,16 +86,21 @@ def infer_frequencies(
     describe: Callable[[int], str],
     freq: str | None = None,
     tz: str | None = None,
+    diffs: np.ndarray | None = None,
 ) -> Frequencies:
     """Frequencies of the series ``t[start : start + length]`` (sorted, distinct ns timestamps).
 
     ``describe(i)`` names series ``i`` in messages; ``freq`` (a pandas alias) overrides inference
     for every series; ``tz`` is the time zone the UTC-naive ``t`` came from (calendar offsets
-    follow local dates).
+    follow local dates); ``diffs`` is :func:`series_steps` of ``t`` when the caller has it.
     """
     n_series = len(starts)
     steps = np.zeros(n_series, dtype=np.int64)
     calendar: dict[int, BaseOffset] = {}
+    diffs = series_steps(t, starts) if diffs is None else diffs
+    ends = starts + lengths - 1
+    span = t[ends] - t[starts]
+    low = _min_steps(diffs, starts, lengths)
     if freq is not None:
         try:
             offset = to_offset(freq)
@@ -102,8 +110,10 @@ def infer_frequencies(
             ) from None
         if isinstance(offset, Tick):
             steps[:] = offset.nanos
+            gap_free = (lengths == 1) | ((low == offset.nanos) & (span == (lengths - 1) * offset.nanos))
         else:
             calendar = dict.fromkeys(range(n_series), offset)
+            gap_free = np.zeros(n_series, dtype=bool)
     else:
         single = np.flatnonzero(lengths < 2)
         if single.size:
@@ -111,20 +121,26 @@ def infer_frequencies(
                 f"{describe(int(single[0]))}: has a single timestamp, so its frequency cannot be "
                 "inferred; pass freq"
             )
-        low, high = _step_range(t, starts, lengths)
-        regular = (low == high) & (low < 28 * DAY_NS)
-        steps[regular] = low[regular]
-        for i in np.flatnonzero(~regular):
+        # every step is at least ``low``; they sum to ``span``; so all equal ``low`` iff this holds
+        gap_free = (span == (lengths - 1) * low) & (low < 28 * DAY_NS)
+        steps[gap_free] = low[gap_free]
+        for i in np.flatnonzero(~gap_free):
             one = _infer_one(t[starts[i] : starts[i] + lengths[i]], describe(int(i)), tz)
             if isinstance(one, Tick):
                 steps[i] = one.nanos
             else:
                 calendar[int(i)] = one
-    positions = _tick_positions(t, starts, lengths, steps, describe)
+    if gap_free.all():
+        return Frequencies(steps, calendar, None, lengths.copy(), tz)
+    positions = np.arange(len(t), dtype=np.int64) - np.repeat(starts, lengths)
+    ticked = ~gap_free & (steps > 0)
+    if ticked.any():
+        rows = np.flatnonzero(np.repeat(ticked, lengths))
+        positions[rows] = _tick_positions(t, starts, lengths, steps, rows, describe)
     for i, offset in calendar.items():
         segment = slice(starts[i], starts[i] + lengths[i])
         positions[segment] = _calendar_positions(t[segment], offset, describe(i), tz)
-    grid_lengths = positions[starts + lengths - 1] + 1
+    grid_lengths = positions[ends] + 1
     too_long = np.flatnonzero(grid_lengths > MAX_GRID_GROWTH * lengths + 1000)
     if too_long.size:
         i = int(too_long[0])
@@ -135,26 +151,35 @@ def infer_frequencies(
     return Frequencies(steps, calendar, positions, grid_lengths, tz)
 
 
-def _step_range(t: np.ndarray, starts: np.ndarray, lengths: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """Smallest and largest step inside each series (series of two or more timestamps)."""
+def series_steps(t: np.ndarray, starts: np.ndarray) -> np.ndarray:
+    """``np.diff(t)`` with the step from one series' last row to the next one's first set to int64 max.
+
+    Rows grouped by series and sorted in time: every entry is then positive, a 0 is a duplicate
+    timestamp and a negative one a row out of time order.
+    """
     diffs = np.diff(t)
-    boundaries = (starts + lengths - 1)[:-1]  # the step from one series' last row to the next's first
-    low, high = diffs.copy(), diffs.copy()
-    low[boundaries] = np.iinfo(np.int64).max
-    high[boundaries] = np.iinfo(np.int64).min
-    return np.minimum.reduceat(low, starts), np.maximum.reduceat(high, starts)
+    diffs[starts[1:] - 1] = STEP_MAX
+    return diffs
 
 
-def _tick_positions(t, starts, lengths, steps, describe) -> np.ndarray:
-    """Grid index of every row of the fixed-step series (0 for calendar rows), or an error off the grid."""
-    first = np.repeat(t[starts], lengths)
-    step = np.repeat(steps, lengths)
-    since = t - first
-    safe = np.where(step > 0, step, 1)
-    positions, remainder = np.divmod(since, safe)
-    off = np.flatnonzero((remainder != 0) & (step > 0))
+def _min_steps(diffs: np.ndarray, starts: np.ndarray, lengths: np.ndarray) -> np.ndarray:
+    """Each series' smallest step (:func:`series_steps`), int64 max for a single timestamp."""
+    low = np.full(len(starts), STEP_MAX, dtype=np.int64)
+    some = lengths > 1
+    if some.any():
+        # a series' reduceat segment runs to the next start: its own steps plus the masked boundary
+        low[some] = np.minimum.reduceat(diffs, starts[some])
+    return low
+
+
+def _tick_positions(t, starts, lengths, steps, rows, describe) -> np.ndarray:
+    """Grid index of ``rows`` (all in fixed-step series), or an error for the first off the grid."""
+    first = np.repeat(t[starts], lengths)[rows]
+    step = np.repeat(steps, lengths)[rows]
+    positions, remainder = np.divmod(t[rows] - first, step)
+    off = np.flatnonzero(remainder != 0)
     if off.size:
-        row = int(off[0])
+        row = int(rows[off[0]])
         i = int(np.searchsorted(starts, row, side="right") - 1)
         raise DataError(
             f"{describe(i)}: timestamp {pd.Timestamp(int(t[row]))} is not on the "

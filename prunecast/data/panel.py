@@ -3,8 +3,12 @@
 :func:`load_panel` turns a DataFrame or a CSV/Parquet file into a :class:`Panel`: every series
 sorted by time on its own regular grid, laid end to end in one flat array, with its frequency,
 its last timestamp and how many of its values were filled. The work is a handful of whole-panel
-array passes (factorize, one sort when the rows are not in order, reductions over segments), so
-10,000 series cost about what their rows do. Anything that cannot be forecast faithfully is a
+array passes, so 10,000 series cost about what their rows do: rows grouped by series (the usual
+file) are told apart by comparing each id with the previous one (or by the dictionary codes of
+a Parquet id column), and one ``np.diff`` of the timestamps shows whether every series is in
+time order, has no repeated timestamp and keeps one step; only rows out of order are sorted,
+only series with gaps are divided onto their grid, only calendar or irregular series go to
+pandas one by one. Anything that cannot be forecast faithfully is a
 :class:`DataError` naming the series, the timestamp and the problem.
 """
 
@@ -18,13 +22,13 @@ import numpy as np
 import pandas as pd
 
 from prunecast.common.defaults import FILL_POLICIES
-from prunecast.data.columns import ID_NAMES, Layout, resolve_layout
-from prunecast.data.csv import DataError
+from prunecast.data.columns import Layout, resolve_layout
+from prunecast.data.errors import DataError
 from prunecast.data.fill import fill_segments
-from prunecast.data.frequency import Frequencies, infer_frequencies
-from prunecast.data.tables import read_table
+from prunecast.data.frequency import Frequencies, infer_frequencies, series_steps
+from prunecast.data.tables import read_table, table_columns
+from prunecast.data.timeaxis import parse_numbers, parse_timestamps, stamp, time_order
 
-FLOAT32_MAX = float(np.finfo(np.float32).max)
 WIDE_ID_COLUMN = "unique_id"
 """The id column of the forecasts of a wide table: it holds each series' source column name."""
 PAD_MODES = ("error", "first", "nan")
@@ -130,33 +134,55 @@ def load_panel(
         raise DataError(f"{where}: {exc}") from None
 
 
+def read_panel(path: str | Path, config: PanelConfig = PanelConfig()) -> pd.DataFrame:
+    """The table in ``path``; a long Parquet table's id column read dictionary-encoded (as stored).
+
+    The dictionary codes say which series each row belongs to, so millions of id strings are
+    neither built nor compared.
+    """
+    names = table_columns(path)
+    ident = None
+    if names is not None:
+        ident = resolve_layout(
+            names, config.id_column, config.timestamp_column, config.target_column, str(path)
+        ).id
+    return read_table(path, dictionary=(ident,) if ident else ())
+
+
 def _load(source: pd.DataFrame | str | Path, config: PanelConfig, where: str) -> Panel:
-    frame = source if isinstance(source, pd.DataFrame) else read_table(source)
+    frame = source if isinstance(source, pd.DataFrame) else read_panel(source, config)
     start = time.perf_counter()
     layout = resolve_layout(
         list(frame.columns), config.id_column, config.timestamp_column, config.target_column, where
     )
     if len(frame) == 0:
         raise DataError(f"{where}: the table has no rows (empty series)")
-    codes, ids, t, tz, values = (_wide if layout.wide else _long)(frame, layout, where)
-    order = _time_order(codes, t)
-    if order is not None:
-        codes, t, values = codes[order], t[order], values[order]
-    counts = np.bincount(codes, minlength=len(ids))
+    rows, t, tz, values = (_wide if layout.wide else _long)(frame, layout, where)
+    ids, counts = rows.ids, rows.counts
     if (counts == 0).any():
         empty = int(np.argmin(counts))
         raise DataError(f"{_series(ids, empty)}: is empty (no values)")
     starts = np.concatenate([[0], np.cumsum(counts)[:-1]]).astype(np.int64)
-    _check_distinct(codes, t, ids, tz)
+    # rows already grouped by series and in time order (the usual file) cost one pass over the steps
+    diffs = series_steps(t, starts) if rows.grouped else None
+    if diffs is None or not (diffs > 0).all():
+        order = time_order(rows.all_codes(), t)
+        if order is not None:
+            t, values = t[order], values[order]
+            diffs = series_steps(t, starts)
+        _check_distinct(diffs, starts, t, ids, tz)
 
     def describe(i: int) -> str:
         return _series(ids, i)
 
-    freqs = infer_frequencies(t, starts, counts, describe, config.freq, tz)
-    grid_starts = np.concatenate([[0], np.cumsum(freqs.grid_lengths)[:-1]]).astype(np.int64)
-    grid = np.full(int(freqs.grid_lengths.sum()), np.nan)
-    slots = np.repeat(grid_starts, counts) + freqs.positions
-    grid[slots] = values
+    freqs = infer_frequencies(t, starts, counts, describe, config.freq, tz, diffs)
+    if freqs.positions is None:  # every series is gap-free: its rows are its grid
+        grid_starts, grid, slots = starts, values, None
+    else:
+        grid_starts = np.concatenate([[0], np.cumsum(freqs.grid_lengths)[:-1]]).astype(np.int64)
+        grid = np.full(int(freqs.grid_lengths.sum()), np.nan)
+        slots = np.repeat(grid_starts, counts) + freqs.positions
+        grid[slots] = values
     missing = np.isnan(grid)
     missing_per = np.add.reduceat(missing, grid_starts) if missing.any() else np.zeros(len(ids), np.int64)
     empty = np.flatnonzero(missing_per == freqs.grid_lengths)
@@ -199,27 +225,112 @@ def _long(frame: pd.DataFrame, layout: Layout, where: str):
     if id_col.isna().any():
         row = int(np.argmax(id_col.isna().to_numpy()))
         raise DataError(f"{where}: row {row + 1} has no series id (column {layout.id!r} is empty there)")
-    codes, uniques = pd.factorize(id_col, sort=False)
-    ids = pd.Index(uniques)
-    codes = codes.astype(np.int64)
-    t, tz = _timestamps(
-        frame[layout.timestamp], layout.timestamp, lambda row: _series(ids, codes[row]), where
+    rows = series_codes(id_col)
+    ids = rows.ids
+    t, tz = parse_timestamps(
+        frame[layout.timestamp], layout.timestamp, lambda row: _series(ids, rows.code(row)), where
     )
-    values = _numbers(
+    values = parse_numbers(
         frame[layout.targets[0]],
         layout.targets[0],
-        lambda row: f"{_series(ids, codes[row])} at {_stamp(t[row], tz)}",
+        lambda row: f"{_series(ids, rows.code(row))} at {stamp(t[row], tz)}",
         where,
     )
-    return codes, ids, t, tz, values
+    return rows, t, tz, values
+
+
+@dataclass
+class SeriesRows:
+    """Which series each row of a table belongs to.
+
+    ``codes`` (each row's series number) is kept only when the rows are not grouped: rows grouped
+    by series in order of first appearance, the usual file, are described by ``counts`` alone.
+    """
+
+    ids: pd.Index
+    """Series ids in order of first appearance."""
+    counts: np.ndarray
+    codes: np.ndarray | None = None
+
+    @property
+    def grouped(self) -> bool:
+        """Every series' rows together, the series in order of first appearance."""
+        return self.codes is None
+
+    def code(self, row: int) -> int:
+        """The series number of data row ``row`` (0-based, file order)."""
+        if self.codes is not None:
+            return int(self.codes[row])
+        return int(np.searchsorted(np.cumsum(self.counts), row, side="right"))
+
+    def all_codes(self) -> np.ndarray:
+        if self.codes is None:
+            return np.repeat(np.arange(len(self.ids), dtype=np.int64), self.counts)
+        return self.codes
+
+
+def series_codes(column: pd.Series) -> SeriesRows:
+    """The series of each row and the series ids in order of first appearance.
+
+    Rows usually come grouped (each series' rows together): then comparing each id with the
+    previous one finds the runs, several times faster than hashing millions of strings, and
+    pandas' factorize (a hash table) is needed only when an id comes back after another.
+    """
+    runs = _runs(column)
+    if runs is not None:
+        starts, firsts = runs
+        if firsts.is_unique:
+            return SeriesRows(firsts, np.diff(np.append(starts, len(column))))
+    codes, uniques = pd.factorize(column, sort=False)
+    codes = codes.astype(np.int64)
+    if isinstance(uniques.dtype, pd.CategoricalDtype):  # the ids themselves, not a categorical of them
+        uniques = uniques.categories.take(uniques.codes)
+    grouped = len(codes) < 2 or bool((codes[1:] >= codes[:-1]).all())
+    counts = np.bincount(codes, minlength=len(uniques))
+    return SeriesRows(pd.Index(uniques), counts, None if grouped else codes)
+
+
+def _runs(column: pd.Series) -> tuple[np.ndarray, pd.Index] | None:
+    """The first row and the id of each run of equal ids (categorical, Arrow-backed or numeric ids);
+    None for other types."""
+    if isinstance(column.dtype, pd.CategoricalDtype):
+        codes = column.cat.codes.to_numpy()
+        starts = np.concatenate([[0], np.flatnonzero(codes[1:] != codes[:-1]) + 1]).astype(np.int64)
+        return starts, pd.Index(column.cat.categories.take(codes[starts]))
+    if pd.api.types.is_numeric_dtype(column.dtype) and not isinstance(column.dtype, pd.ArrowDtype):
+        ids = column.to_numpy()
+        starts = np.concatenate([[0], np.flatnonzero(ids[1:] != ids[:-1]) + 1]).astype(np.int64)
+        return starts, pd.Index(column.iloc[starts])
+    if not hasattr(column.dtype, "__from_arrow__") or isinstance(column.dtype, pd.CategoricalDtype):
+        return None
+    import pyarrow as pa
+    import pyarrow.compute as pc
+
+    starts, firsts, offset, previous = [], [], 0, None
+    for chunk in pa.chunked_array(pa.array(column.array)).chunks:
+        if not len(chunk):
+            continue
+        local = np.zeros(1, dtype=np.int64)
+        if len(chunk) > 1:
+            differ = pc.not_equal(chunk.slice(1), chunk.slice(0, len(chunk) - 1))
+            local = np.concatenate([local, pc.indices_nonzero(differ).to_numpy().astype(np.int64) + 1])
+        if previous is not None and not pc.not_equal(previous, chunk[0]).as_py():
+            local = local[1:]  # the chunk goes on with the previous chunk's last id
+        starts.append(local + offset)
+        firsts.append(chunk.take(local))
+        offset, previous = offset + len(chunk), chunk[len(chunk) - 1]
+    if not starts:
+        return None
+    ids = column.dtype.__from_arrow__(pa.chunked_array(firsts, type=firsts[0].type))
+    return np.concatenate(starts), pd.Index(ids)
 
 
 def _wide(frame: pd.DataFrame, layout: Layout, where: str):
     """Wide table columns, each trimmed to its first..last non-empty cell, laid out as a long panel."""
-    t, tz = _timestamps(frame[layout.timestamp], layout.timestamp, lambda row: f"row {row + 1}", where)
+    t, tz = parse_timestamps(frame[layout.timestamp], layout.timestamp, lambda row: f"row {row + 1}", where)
     columns = [
-        _numbers(
-            frame[c], c, lambda row, c=c: f"series {c!r} at {_stamp(t[row], tz)}", where, list(frame.columns)
+        parse_numbers(
+            frame[c], c, lambda row, c=c: f"series {c!r} at {stamp(t[row], tz)}", where, list(frame.columns)
         )
         for c in layout.targets
     ]
@@ -234,90 +345,19 @@ def _wide(frame: pd.DataFrame, layout: Layout, where: str):
     first = t[order][np.argmax(ranked, axis=1)]
     last = t[order][ranked.shape[1] - 1 - np.argmax(ranked[:, ::-1], axis=1)]
     keep = (t[None, :] >= first[:, None]) & (t[None, :] <= last[:, None])
-    codes = np.broadcast_to(np.arange(len(columns))[:, None], matrix.shape)[keep]
-    ids = pd.Index(layout.targets)
-    return codes.astype(np.int64), ids, np.broadcast_to(t, matrix.shape)[keep], tz, matrix[keep]
+    rows = SeriesRows(pd.Index(layout.targets), keep.sum(axis=1))
+    return rows, np.broadcast_to(t, matrix.shape)[keep], tz, matrix[keep]
 
 
-def _timestamps(column: pd.Series, name: str, locate, where: str) -> tuple[np.ndarray, str | None]:
-    """A timestamp column as UTC-naive int64 ns and its time zone; unparseable or empty cells named."""
-    if pd.api.types.is_numeric_dtype(column) or pd.api.types.is_bool_dtype(column):
-        raise DataError(
-            f"{where}: timestamp column {name!r} holds numbers ({column.dtype}), not dates or times"
-        )
-    if isinstance(column.dtype, pd.DatetimeTZDtype) or pd.api.types.is_datetime64_dtype(column):
-        parsed = column
-    else:
-        parsed = pd.to_datetime(column, errors="coerce")
-        failed = parsed.isna() & column.notna()
-        if failed.any():  # more than one format in the column: let pandas read each cell on its own
-            retry = pd.to_datetime(column[failed], errors="coerce", format="mixed")
-            parsed = parsed.astype(retry.dtype) if retry.dtype != parsed.dtype else parsed
-            parsed[failed] = retry
-            still = parsed.isna() & column.notna()
-            if still.any():
-                row = int(np.argmax(still.to_numpy()))
-                raise DataError(
-                    f"{where}: {locate(row)}: timestamp {column.iloc[row]!r} cannot be parsed as a date/time "
-                    f"(column {name!r}, data row {row + 1})"
-                )
-    if parsed.isna().any():
-        row = int(np.argmax(parsed.isna().to_numpy()))
-        raise DataError(f"{where}: {locate(row)}: missing timestamp (column {name!r}, data row {row + 1})")
-    tz = None
-    if isinstance(parsed.dtype, pd.DatetimeTZDtype):
-        tz = str(parsed.dtype.tz)
-        parsed = parsed.dt.tz_convert("UTC").dt.tz_localize(None)
-    return parsed.to_numpy(dtype="datetime64[ns]").view(np.int64), tz
-
-
-def _numbers(
-    column: pd.Series, name: str, locate, where: str, wide_columns: list | None = None
-) -> np.ndarray:
-    """A value column as float64 (empty cells NaN); text and values beyond float32 named."""
-    if pd.api.types.is_bool_dtype(column):
-        raise DataError(f"{where}: column {name!r} holds booleans, not numbers")
-    if pd.api.types.is_numeric_dtype(column):
-        values = column.to_numpy(dtype=np.float64, na_value=np.nan)
-    else:
-        numeric = pd.to_numeric(column, errors="coerce")
-        bad = numeric.isna() & column.notna() & (column.astype(str).str.strip() != "")
-        if bad.any() and numeric.isna().all() and wide_columns is not None:
-            raise DataError(
-                f"{where}: column {name!r} holds no numbers, so it is no series of a wide table (no id column "
-                f"was found among {list(ID_NAMES)}); for a long table set id_column; columns found: {wide_columns}"
-            )
-        if bad.any():
-            row = int(np.argmax(bad.to_numpy()))
-            raise DataError(
-                f"{where}: {locate(row)}: value {column.iloc[row]!r} is not a number (column {name!r})"
-            )
-        values = numeric.to_numpy(dtype=np.float64, na_value=np.nan)
-    with np.errstate(invalid="ignore"):
-        beyond = np.abs(values) > FLOAT32_MAX
-    if beyond.any():
-        row = int(np.argmax(beyond))
-        raise DataError(
-            f"{where}: {locate(row)}: value {float(values[row])!r} is beyond float32 range (column {name!r})"
-        )
-    return values
-
-
-def _time_order(codes: np.ndarray, t: np.ndarray) -> np.ndarray | None:
-    """The permutation that groups rows by series and sorts each by time; None when already so."""
-    if len(codes) < 2:
-        return None
-    same = codes[1:] == codes[:-1]
-    if (np.diff(codes) >= 0).all() and (t[1:][same] >= t[:-1][same]).all():
-        return None
-    return np.lexsort((t, codes))
-
-
-def _check_distinct(codes: np.ndarray, t: np.ndarray, ids: pd.Index, tz: str | None) -> None:
-    dup = np.flatnonzero((codes[1:] == codes[:-1]) & (t[1:] == t[:-1]))
+def _check_distinct(
+    diffs: np.ndarray, starts: np.ndarray, t: np.ndarray, ids: pd.Index, tz: str | None
+) -> None:
+    """A zero step (:func:`series_steps` of the sorted rows) is a timestamp repeated within a series."""
+    dup = np.flatnonzero(diffs == 0)
     if dup.size:
         row = int(dup[0])
-        raise DataError(f"{_series(ids, codes[row])}: duplicate timestamp {_stamp(t[row], tz)}")
+        series = int(np.searchsorted(starts, row, side="right") - 1)
+        raise DataError(f"{_series(ids, series)}: duplicate timestamp {stamp(t[row], tz)}")
 
 
 def _refuse_missing(grid, slots, grid_starts, missing_per, t, starts, freqs, ids, tz) -> None:
@@ -325,18 +365,13 @@ def _refuse_missing(grid, slots, grid_starts, missing_per, t, starts, freqs, ids
     i = int(np.flatnonzero(missing_per)[0])
     segment = grid[grid_starts[i] : grid_starts[i] + freqs.grid_lengths[i]]
     position = int(np.argmax(np.isnan(segment)))
-    stamp = _stamp(freqs.grid_time(i, int(t[starts[i]]), position), tz)
+    when = stamp(freqs.grid_time(i, int(t[starts[i]]), position), tz)
     has_row = np.zeros(len(grid), dtype=bool)
-    has_row[slots] = True
+    has_row[slice(None) if slots is None else slots] = True
     kind = "its value is missing (NaN)" if has_row[grid_starts[i] + position] else "no row has this timestamp"
     total = int(missing_per.sum())
     raise DataError(
-        f"{_series(ids, i)}: missing value at {stamp} ({kind}); {total} value(s) missing in "
+        f"{_series(ids, i)}: missing value at {when} ({kind}); {total} value(s) missing in "
         f"{int(np.count_nonzero(missing_per))} series; choose a fill policy (ffill, interpolate, zero, "
         "or none for a model that takes NaN)"
     )
-
-
-def _stamp(ns: int, tz: str | None) -> pd.Timestamp:
-    stamp = pd.Timestamp(int(ns))
-    return stamp.tz_localize("UTC").tz_convert(tz) if tz else stamp

@@ -12,7 +12,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from prunecast.data.csv import DataError
+from prunecast.data.errors import DataError
 
 CSV_SUFFIXES = (".csv",)
 PARQUET_SUFFIXES = (".parquet", ".pq")
@@ -28,8 +28,27 @@ def table_format(path: str | Path) -> str:
     raise DataError(f"{path}: unknown table format {suffix!r}; use .csv, .parquet or .pq")
 
 
-def read_table(path: str | Path) -> pd.DataFrame:
-    """The table in ``path`` as a DataFrame; timestamps pyarrow recognises arrive parsed."""
+def table_columns(path: str | Path) -> list[str] | None:
+    """The column names of a Parquet file from its footer (nothing else is read); None for a CSV."""
+    import pyarrow as pa
+
+    path = Path(path)
+    if table_format(path) != "parquet" or not path.is_file():
+        return None
+    import pyarrow.parquet as pq
+
+    try:
+        return list(pq.read_schema(path).names)
+    except (pa.ArrowException, OSError) as exc:
+        raise DataError(f"{path}: cannot be read as Parquet ({exc})") from None
+
+
+def read_table(path: str | Path, dictionary: tuple[str, ...] = ()) -> pd.DataFrame:
+    """The table in ``path`` as a DataFrame; timestamps pyarrow recognises arrive parsed.
+
+    ``dictionary`` names Parquet columns to read dictionary-encoded, as Parquet stores strings:
+    they arrive as pandas categoricals, without building one string per row.
+    """
     import pyarrow as pa
 
     kind = table_format(path)
@@ -40,7 +59,7 @@ def read_table(path: str | Path) -> pd.DataFrame:
         import pyarrow.parquet as pq
 
         try:
-            return pq.read_table(path).to_pandas()
+            return pq.read_table(path, read_dictionary=list(dictionary) or None).to_pandas()
         except (pa.ArrowException, OSError) as exc:
             raise DataError(f"{path}: cannot be read as Parquet ({exc})") from None
     import pyarrow.csv as pcsv

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import numpy as np
 
-from prunecast.data.csv import Benchmark, DataError, load_benchmark
+from prunecast.data.csv import STRICT, Benchmark, DataError, TimeAxisPolicy, load_benchmark
 from prunecast.data.scaling import StandardScaler
 from prunecast.data.splits import Split, split_borders
 
@@ -84,9 +84,11 @@ def prepare_windows(
     horizon: int,
     columns: list[str] | None = None,
     train_stride: int = 1,
+    policy: TimeAxisPolicy = STRICT,
 ) -> PreparedData:
-    """Load ``data``, split it the standard way, scale on train, and window every split."""
-    bench = load_benchmark(data, columns)
+    """Load ``data`` (its time axis checked under ``policy``), split it the standard way, scale on
+    train, and window every split."""
+    bench = load_benchmark(data, columns, policy)
     borders = split_borders(bench.name, bench.num_rows)
     train_rows = bench.values[slice(*borders.train)]
     scaler = StandardScaler.fit(train_rows)

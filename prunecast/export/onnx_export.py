@@ -25,6 +25,7 @@ import numpy as np
 import onnx
 import torch
 
+from prunecast.data.csv import STRICT, TimeAxisPolicy
 from prunecast.export.graph import check_graph
 from prunecast.export.manifest import (
     BATCH_AXIS,
@@ -59,6 +60,8 @@ class ExportConfig:
     fp16_tolerance: float = 1e-2
     batch_sizes: tuple[int, ...] = (1, 7, 256)
     data: str = "ETTh1"
+    time_axis: TimeAxisPolicy = TimeAxisPolicy()
+    """How ``data``'s time axis is checked (see :class:`prunecast.data.TimeAxisPolicy`)."""
     source_model: str | None = None
     source_revision: str | None = None
     """The HF revision of ``source_model``; None takes the module's own (:attr:`ForecastModule.revision`)."""
@@ -81,7 +84,7 @@ def export_onnx(module: ForecastModule, out_dir: str | Path, config: ExportConfi
         raise ExportError(f"{out_dir}: already exists and is not an empty directory; choose a new --out")
     out_dir.parent.mkdir(parents=True, exist_ok=True)
     module = module.eval()
-    contexts = parity_windows(config.data, module, max(config.batch_sizes))
+    contexts = parity_windows(config.data, module, max(config.batch_sizes), config.time_axis)
     stage = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.", dir=out_dir.parent))
     try:
         manifest = _build(module, stage, config, contexts)
@@ -185,11 +188,13 @@ def export_graph(module: ForecastModule, path: Path, opset: int) -> None:
         ) from exc
 
 
-def parity_windows(data: str, module: ForecastModule, count: int) -> np.ndarray:
+def parity_windows(
+    data: str, module: ForecastModule, count: int, policy: TimeAxisPolicy = STRICT
+) -> np.ndarray:
     """``count`` real scaled test contexts spread evenly over the test split of ``data``."""
     from prunecast.data import prepare_windows
 
-    test = prepare_windows(data, module.context_length, module.horizon).test
+    test = prepare_windows(data, module.context_length, module.horizon, policy=policy).test
     indices = np.linspace(0, len(test) - 1, count).round().astype(np.int64)
     contexts, _ = test.gather(indices)
     return contexts

@@ -37,7 +37,7 @@ from prunecast.compress import (
     prune,
     save_model,
 )
-from prunecast.data import prepare_windows
+from prunecast.data import TimeAxisPolicy, prepare_windows
 from prunecast.evaluate import evaluate
 from prunecast.models import DEFAULT_MODEL, ForecastModule
 
@@ -53,6 +53,8 @@ class RunConfig:
     revision: str | None = None
     """HF branch, tag or commit of ``model`` (TTM r2: ``512-192-r2`` ...); None: the main branch."""
     data: str = "ETTh1"
+    time_axis: TimeAxisPolicy = TimeAxisPolicy()
+    """What to do with a repeated or missing timestamp in ``data`` (default: refuse, naming the rows)."""
     horizon: int = 96
     prune: PruneConfig = field(default_factory=PruneConfig)
     finetune: FinetuneConfig = field(default_factory=FinetuneConfig)
@@ -78,11 +80,12 @@ def run(config: RunConfig, log=None) -> dict:
 
     log(f"[{next(stage)}/{stages}] loading {config.model} and {config.data}; zero-shot test evaluation")
     original = load_model(config.model, horizon=config.horizon, revision=config.revision)
-    data = prepare_windows(config.data, original.context_length, config.horizon)
+    data = prepare_windows(config.data, original.context_length, config.horizon, policy=config.time_axis)
     report: dict = {
         "model": config.model,
         "revision": config.revision,
         "data": str(data.benchmark.path),
+        "data_repairs": list(data.benchmark.notes),
         "horizon": config.horizon,
         "context_length": original.context_length,
         "test_windows": len(data.test)
@@ -134,7 +137,12 @@ def run(config: RunConfig, log=None) -> dict:
         manifest = export_onnx(
             module,
             artifacts / name,
-            ExportConfig(source_model=config.model, source_revision=config.revision, data=config.data),
+            ExportConfig(
+                source_model=config.model,
+                source_revision=config.revision,
+                data=config.data,
+                time_axis=config.time_axis,
+            ),
         )
         report["export"][name] = {"artifact": f"artifacts/{name}", "parity": asdict(manifest.parity)}
 

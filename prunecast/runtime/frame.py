@@ -22,8 +22,8 @@ import pandas as pd
 from prunecast.common.defaults import NAN_CONTEXT_FAMILIES
 from prunecast.common.progress import progress
 from prunecast.data.csv import DataError
-from prunecast.data.panel import Panel, PanelConfig, load_panel
-from prunecast.data.tables import read_table, table_format, write_table
+from prunecast.data.panel import Panel, PanelConfig, load_panel, read_panel
+from prunecast.data.tables import table_format, write_table
 from prunecast.export.manifest import FORECAST, QUANTILES
 
 if TYPE_CHECKING:
@@ -135,7 +135,7 @@ def forecast_file(
     table_format(out)  # an unknown output extension fails before any work
     check_request(forecaster, config, options)
     start = time.perf_counter()
-    frame = read_table(data)
+    frame = read_panel(data, config)
     seconds = {"read": time.perf_counter() - start}
     panel = load_panel(frame, config, where=str(data))
     seconds.update(panel.seconds)
