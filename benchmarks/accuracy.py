@@ -40,6 +40,8 @@ from prunecast.data import prepare_windows
 from prunecast.evaluate import evaluate
 from prunecast.models import ForecastModule, load_pretrained
 
+LOAD_BEFORE: list[float] = []
+"""``os.getloadavg()`` when the run started (after taking the benchmark lock)."""
 RESULTS = Path(__file__).resolve().parent / "results"
 MODEL = "ibm-granite/granite-timeseries-ttm-r2"
 
@@ -152,12 +154,15 @@ def plot(result: dict, path: Path) -> None:
         axes[0].annotate(r["name"], (r["macs"] / 1e6, r["test_mse_mean"]), fontsize=7)
     axes[0].set_xlabel("MACs per window (millions)")
     axes[0].set_ylabel("test MSE (ETTh1-96)")
-    axes[0].set_title("TTM r2: accuracy vs compute")
+    axes[0].set_title(f"{result['benchmark'].rsplit(', ', 1)[-1]}: accuracy vs compute")
     for r in pruned:
         layers = r["runs"][0]["prune"]["layers"]
         axes[1].plot([layer["kept"] / layer["original"] for layer in layers], marker=".", label=r["name"])
     if pruned:
-        names = [layer["name"].replace("model.", "").replace("mlp_mixer_encoder.", "") for layer in layers]
+        names = [
+            layer["name"].replace("model.", "").replace("mlp_mixer_encoder.", "").replace("encoder.", "")
+            for layer in layers
+        ]
         axes[1].set_xticks(range(len(names)), names, rotation=90, fontsize=5)
     axes[1].set_ylabel("kept fraction")
     axes[1].set_title("kept fraction per pruning group")
@@ -182,6 +187,7 @@ def main() -> None:
     parser.add_argument("--family", choices=("ttm", "patchtst"), default="ttm")
     parser.add_argument("--train-epochs", type=int, default=12, help="patchtst: epochs from scratch")
     args = parser.parse_args()
+    LOAD_BEFORE.extend(os.getloadavg())
     if args.family == "patchtst":
         args.output = args.output or str(RESULTS / "accuracy_patchtst.json")
         args.budgets = args.budgets or [0.5]
@@ -280,10 +286,22 @@ def patchtst_rows(args) -> None:
                 pruned["latency"] = bench(
                     {"trained": Path(tmp) / "trained", "pruned": Path(tmp) / "pruned"}, timing
                 )
+            pruned["onnxruntime_speedup"] = ort_speedup(pruned["latency"])
+            print(f"{name} seed {seed}: onnxruntime p50 speedup {pruned['onnxruntime_speedup']}", flush=True)
             rows.append(pruned)
         _save(
             args.output, _merge(rows), args, "ETTh1, horizon 96, context 336, test split (scaled), PatchTST"
         )
+
+
+def ort_speedup(latency: dict) -> dict[str, float]:
+    """Per batch size: trained p50 / pruned p50 on onnxruntime, both timed in the same run."""
+    p50 = {(r["model"], r["batch"]): r["p50_ms"] for r in latency["rows"] if r["backend"] == "onnxruntime"}
+    return {
+        str(batch): p50[("trained", batch)] / p50[("pruned", batch)]
+        for model, batch in p50
+        if model == "pruned"
+    }
 
 
 def _merge(rows: list[dict]) -> list[dict]:
@@ -296,6 +314,11 @@ def _merge(rows: list[dict]) -> list[dict]:
         merged = summary(name, [run for p in parts for run in p["runs"]])
         if "latency" in parts[0]:
             merged["latency"] = [p["latency"] for p in parts]
+            speedups = [p["onnxruntime_speedup"] for p in parts]
+            merged["onnxruntime_speedup"] = speedups
+            merged["onnxruntime_speedup_mean"] = {
+                batch: statistics.mean(s[batch] for s in speedups) for batch in speedups[0]
+            }
         out.append(merged)
     return out
 
@@ -310,6 +333,8 @@ def _save(
         "benchmark": benchmark,
         "machine": f"{platform.processor() or platform.machine()}, {os.cpu_count()} CPU cores, torch threads "
         f"{torch.get_num_threads()} (shared with other jobs)",
+        "load_before": LOAD_BEFORE,
+        "idle": bool(LOAD_BEFORE) and LOAD_BEFORE[0] < 0.5 * (os.cpu_count() or 1),
         "defaults": {"prune": vars(PruneConfig()), "finetune": vars(FinetuneConfig())},
         "args": vars(args),
         "rows": rows,

@@ -17,6 +17,7 @@ This lives in compress because it is about pruning; models only declare ``traced
 from __future__ import annotations
 
 import copy
+import warnings
 import weakref
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -108,7 +109,11 @@ def discover(module: ForecastModule, probe: torch.Tensor | None = None) -> Disco
     modes = {m: m.training for m in module.modules()}  # restored exactly: a wrapper's flag may differ
     module.eval()
     try:
-        graph = tp.DependencyGraph().build_dependency(module, example_inputs=module.example_input(2))
+        with warnings.catch_warnings():
+            # Torch-Pruning warns that it would prune a bare nn.Parameter (PatchTST's position
+            # encoding) along its last axis; prunecast never does: such groups are dropped below.
+            warnings.filterwarnings("ignore", "Unwrapped parameters detected", UserWarning)
+            graph = tp.DependencyGraph().build_dependency(module, example_inputs=module.example_input(2))
         candidates: list[PruneGroup] = []
         dropped: list[DroppedGroup] = []
         for tp_group in graph.get_all_groups(root_module_types=SLICEABLE):
