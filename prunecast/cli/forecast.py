@@ -73,7 +73,12 @@ def register(sub: argparse._SubParsersAction) -> None:
     )
     p.add_argument("--backend", default="auto", choices=BACKENDS, help="runtime backend (default auto)")
     p.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N (default auto)")
-    p.add_argument("--threads", type=int, default=None, help="CPU threads (default: all)")
+    p.add_argument(
+        "--threads",
+        type=int,
+        default=None,
+        help="CPU threads (default: all; --engine ray: per worker, default 1)",
+    )
     p.add_argument(
         "--batch-size", type=int, default=None, help="series per model call (default: the backend's max)"
     )

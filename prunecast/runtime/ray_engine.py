@@ -12,9 +12,13 @@ appear in the data (as the local engine orders them) and written to one CSV/Parq
 without collecting the forecasts on the driver.
 
 Long tables only: a wide table (one series per column) is bounded by its column count and fits in
-one process, so it is refused with a pointer to ``--engine local``. Line numbers in an error
-(``data row N``) count the rows of the bad series' bucket, not of the file; the series and timestamp
-named are exact. Nothing here imports ray until a forecast runs, and nothing imports torch.
+one process, so it is refused with a pointer to ``--engine local``. An error names the same series,
+timestamp and problem as locally, with two differences that come from the buckets: line numbers
+(``data row N``) count the rows of the bad series' bucket, not of the file, and a message listing
+several series (those shorter than the context) lists those of one bucket; with several bad series,
+which one is reported first may differ. On a multi-node cluster (``address``) prunecast must be
+installed on every node and the artifact and data paths readable there (a shared filesystem).
+Nothing here imports ray until a forecast runs, and nothing imports torch.
 """
 
 from __future__ import annotations
