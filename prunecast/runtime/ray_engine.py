@@ -24,7 +24,6 @@ Nothing here imports ray until a forecast runs, and nothing imports torch.
 from __future__ import annotations
 
 import contextlib
-import datetime
 import logging
 import math
 import os
@@ -32,6 +31,7 @@ import time
 from collections.abc import Iterator
 from dataclasses import dataclass, replace
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 import pandas as pd
@@ -41,6 +41,9 @@ from prunecast.data.csv import DataError
 from prunecast.data.panel import PanelConfig, load_panel
 from prunecast.data.tables import CSV_SUFFIXES, PARQUET_SUFFIXES, table_format, write_table
 from prunecast.runtime.frame import ForecastOptions, check_request, forecast_panel
+
+if TYPE_CHECKING:
+    import pyarrow as pa
 
 BUCKET = "__prunecast_bucket"
 FILLED = "__prunecast_filled"
@@ -166,9 +169,12 @@ def _forecast(
         )
     ident = str(layout.id)
     ids = pd.unique(
-        _run(ds.map_batches(_first_ids, fn_kwargs={"column": ident}, batch_format="pandas").to_pandas, where)[
-            ident
-        ]
+        _run(
+            ds.select_columns([ident])
+            .map_batches(_first_ids, fn_kwargs={"column": ident}, batch_format="pyarrow")
+            .to_pandas,
+            where,
+        )[ident]
     )
     if len(ids) == 0:
         raise DataError(f"{where}: the table has no rows (empty series)")
@@ -182,7 +188,7 @@ def _forecast(
         ds.map_batches(
             _add_bucket,
             fn_kwargs={"column": ident, "timestamp": layout.timestamp, "buckets": buckets},
-            batch_format="pandas",
+            batch_format="pyarrow",
         )
         .groupby(BUCKET, num_partitions=buckets)
         .map_groups(
@@ -256,23 +262,31 @@ def _source(data: str | Path) -> tuple[str, Path]:
     return kinds.pop(), path
 
 
-def _first_ids(batch: pd.DataFrame, column: str) -> pd.DataFrame:
+def _first_ids(batch: pa.Table, column: str) -> pa.Table:
     """The ids of a block in order of first appearance (blocks keep the file order: preserve_order)."""
-    return pd.DataFrame({column: pd.unique(batch[column])})
+    import pyarrow as pa
+    import pyarrow.compute as pc
+
+    return pa.table({column: pc.unique(batch.column(column))})
 
 
-def _add_bucket(batch: pd.DataFrame, column: str, timestamp: str, buckets: int) -> pd.DataFrame:
+def _add_bucket(batch: pa.Table, column: str, timestamp: str, buckets: int) -> pa.Table:
     """Every row's bucket, a hash of its series id, so all rows of a series meet in one actor call.
 
-    Timestamps parsed as dates or in any unit become ns, so the files of a directory (one read as
+    Timestamps read as dates or in any unit become ns, so the files of a directory (one read as
     dates, one as seconds) form one schema; text timestamps stay text for the panel checks to parse.
+    Arrow in and out: only the id column passes through pandas (for its stable hash).
     """
-    hashes = pd.util.hash_array(batch[column].to_numpy())  # rows without an id share one bucket
-    stamps = batch[timestamp]
-    is_date = stamps.dtype == object and len(stamps) and isinstance(stamps.iloc[0], datetime.date)
-    if is_date or pd.api.types.is_datetime64_any_dtype(stamps):
-        batch[timestamp] = pd.to_datetime(stamps).dt.as_unit("ns")
-    return batch.assign(**{BUCKET: (hashes % np.uint64(buckets)).astype(np.int64)})
+    import pyarrow as pa
+
+    ids = batch.column(column).to_pandas().to_numpy()
+    hashes = pd.util.hash_array(ids)  # rows without an id share one bucket
+    index = batch.schema.get_field_index(timestamp)
+    kind = batch.schema.field(index).type
+    if pa.types.is_date(kind) or (pa.types.is_timestamp(kind) and kind.unit != "ns"):
+        ns = pa.timestamp("ns", tz=getattr(kind, "tz", None))
+        batch = batch.set_column(index, timestamp, batch.column(index).cast(ns))
+    return batch.append_column(BUCKET, pa.array((hashes % np.uint64(buckets)).astype(np.int64)))
 
 
 def _filled_rows(batch: pd.DataFrame, column: str) -> pd.DataFrame:
