@@ -25,7 +25,8 @@ from prunecast.runtime.ray_engine import RayConfig, forecast_file_ray  # noqa: E
 
 @pytest.fixture(scope="module", autouse=True)
 def cluster():
-    """One local Ray cluster for the module (start-up takes seconds); the engine reuses it."""
+    """One local Ray cluster for the module (start-up takes seconds); the engine reuses it: one actor,
+    and one CPU for Ray Data's read and shuffle tasks."""
     ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
     yield
     ray.shutdown()
@@ -66,7 +67,7 @@ def test_ray_output_equals_the_local_engine(fc, small_artifact, tmp_path, suffix
     pd.testing.assert_frame_equal(got, want)
     for key in ("series", "rows_read", "rows_written", "horizon", "values_filled", "filled_per_series"):
         assert remote[key] == local[key], key
-    assert remote["values_filled"] == 5 and remote["engine"] == "ray" and remote["workers"] == 2
+    assert remote["values_filled"] == 5 and remote["engine"] == "ray" and remote["workers"] == 1
 
 
 def test_bad_series_fails_with_the_local_message_and_writes_nothing(fc, small_artifact, tmp_path):
@@ -89,6 +90,27 @@ def test_bad_series_fails_with_the_local_message_and_writes_nothing(fc, small_ar
     assert str(remote.value) == str(local.value)
     assert remote.value.__cause__ is None and "ray" not in str(remote.value).lower()
     assert not (tmp_path / "ray.csv").exists()
+
+
+def test_cli_in_a_fresh_process_starts_its_own_cluster_and_prints_only_the_message(small_artifact, tmp_path):
+    """Beside the module's cluster: the command starts (and stops) its own, and the user reads one line."""
+    panel = pd.DataFrame(
+        {"id": "a", "timestamp": pd.date_range("2021-01-01", periods=80, freq="h"), "value": np.arange(80.0)}
+    )
+    panel.loc[50, "value"] = np.nan
+    data = tmp_path / "gap.csv"
+    panel.to_csv(data, index=False)
+    cmd = [sys.executable, "-m", "prunecast", "forecast", str(small_artifact), "--data", str(data)]
+    cmd += ["--out", str(tmp_path / "out.csv"), "--engine", "ray", "--num-workers", "1"]
+    done = subprocess.run(cmd, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 2, done.stderr
+    assert "Traceback" not in done.stderr
+    assert done.stderr.strip().splitlines()[-1] == (
+        f"prunecast forecast: error: {data}: series 'a': missing value at 2021-01-03 02:00:00 (its value is "
+        "missing (NaN)); 1 value(s) missing in 1 series; choose a fill policy (ffill, interpolate, zero, "
+        "or none for a model that takes NaN)"
+    )
+    assert not (tmp_path / "out.csv").exists()
 
 
 def test_wide_table_is_refused_with_a_pointer_to_local(small_artifact, tmp_path):
@@ -119,7 +141,7 @@ def test_cli_engine_ray_reads_a_directory_and_writes_a_parquet_directory(
     want = read_table(tmp_path / "local.csv")
     pd.testing.assert_frame_equal(read_table(out), want)
     assert main([*args, "--out", str(tmp_path / "forecasts")]) == 0
-    assert "engine: ray, up to 2 workers" in capsys.readouterr().out
+    assert "engine: ray, up to 1 workers" in capsys.readouterr().out  # 2 CPUs: one kept for the tasks
     got = pd.read_parquet(tmp_path / "forecasts")
     forecast_file(fc, whole, tmp_path / "local.parquet")
     want = read_table(tmp_path / "local.parquet")

@@ -98,7 +98,10 @@ def register(sub: argparse._SubParsersAction) -> None:
         "--num-workers",
         type=int,
         default=None,
-        help="--engine ray: most actors forecasting at once, each with --threads (default 1) CPUs (default: one per CPU)",
+        help=(
+            "--engine ray: actors forecasting at once, each with --threads (default 1) CPUs; a local "
+            "cluster gets their CPUs plus one for Ray Data's tasks (default and at most: the CPUs less one)"
+        ),
     )
     p.add_argument("--per-series-fill", action="store_true", help="list the values filled in each series")
     p.add_argument("--json", action="store_true", help="print the summary as one JSON object")

@@ -58,7 +58,8 @@ class RayConfig:
 
     address: str | None = None
     num_workers: int | None = None
-    """Most actors (artifact copies) forecasting at once; None: one per CPU of the cluster."""
+    """Most actors (artifact copies) forecasting at once; None, and at most: the cluster's CPUs less
+    one (kept for Ray Data's tasks), divided by ``threads``."""
     threads: int = 1
     """Backend threads per actor; each actor reserves this many CPUs."""
     backend: str = "auto"
@@ -326,7 +327,12 @@ def _user_error(exc: BaseException) -> BaseException | None:
 
 @contextlib.contextmanager
 def _cluster(ray_config: RayConfig) -> Iterator[int]:
-    """Connect to (or start) Ray for the duration; yields the number of forecasting actors."""
+    """Connect to (or start) Ray for the duration; yields the number of forecasting actors.
+
+    One CPU of the cluster stays free of actors for Ray Data's read and shuffle tasks: actors hold
+    their CPUs for the whole run, and with every CPU held the shuffle that feeds them never runs.
+    A local cluster is started with the workers' CPUs plus that one.
+    """
     import ray
 
     started = False
@@ -335,12 +341,19 @@ def _cluster(ray_config: RayConfig) -> Iterator[int]:
         if ray_config.address:
             ray.init(address=ray_config.address, **kwargs)
         else:
-            cpus = (ray_config.num_workers or os.cpu_count() or 1) * ray_config.threads
-            ray.init(num_cpus=cpus, **kwargs)
+            workers = ray_config.num_workers or max(1, (os.cpu_count() or 1) // ray_config.threads)
+            cpus = workers * ray_config.threads + 1
+            ray.init(address="local", num_cpus=cpus, **kwargs)  # a new cluster, even if one runs here
         started = True
     try:
-        cpus = int(ray.cluster_resources().get("CPU", 1))
-        yield ray_config.num_workers or max(1, cpus // ray_config.threads)
+        cpus = int(ray.cluster_resources().get("CPU", 0))
+        room = (cpus - 1) // ray_config.threads
+        if room < 1:
+            raise RuntimeError(
+                f"the Ray cluster has {cpus} CPU(s): --engine ray needs {ray_config.threads} per worker "
+                "(--threads) and one more for Ray Data's read and shuffle tasks"
+            )
+        yield min(ray_config.num_workers or room, room)
     finally:
         if started:
             ray.shutdown()
