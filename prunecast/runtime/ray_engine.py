@@ -160,8 +160,11 @@ def _forecast(
     suffixes = PARQUET_SUFFIXES if kind == "parquet" else CSV_SUFFIXES
     ds = read(str(data), file_extensions=[s.lstrip(".") for s in suffixes])
     ds = _run(ds.materialize, where)
+    schema = ds.schema()
+    if schema is None or ds.count() == 0:
+        raise DataError(f"{where}: the table has no rows (empty series)")
     layout = resolve_layout(
-        ds.schema().names, config.id_column, config.timestamp_column, config.target_column, where
+        schema.names, config.id_column, config.timestamp_column, config.target_column, where
     )
     if layout.wide:
         raise DataError(
@@ -177,8 +180,6 @@ def _forecast(
             where,
         )[ident]
     )
-    if len(ids) == 0:
-        raise DataError(f"{where}: the table has no rows (empty series)")
     rows = ds.count()
     seconds = {"read": time.perf_counter() - start}
     buckets = max(workers, math.ceil(len(ids) / SERIES_PER_BUCKET))
@@ -201,30 +202,8 @@ def _forecast(
         )
     )
     forecast_start = time.perf_counter()
-    if out.suffix:
-        frame = _run(forecasts.to_pandas, where)
-        order = np.argsort(pd.Index(ids).get_indexer(frame[ident]), kind="stable")
-        frame = frame.take(order).reset_index(drop=True)
-        filled = frame[FILLED].to_numpy()
-        series_filled = dict(
-            zip(frame[ident].astype(str)[filled > 0], filled[filled > 0].tolist(), strict=True)
-        )
-        frame = frame.drop(columns=FILLED)
-        seconds["forecast"] = time.perf_counter() - forecast_start
-        written = time.perf_counter()
-        write_table(frame, out)
-        rows_written = len(frame)
-    else:
-        materialized = _run(forecasts.materialize, where)
-        hits = materialized.map_batches(_filled_rows, fn_kwargs={"column": ident}, batch_format="pandas")
-        hits = _run(hits.to_pandas, where)
-        series_filled = {}  # no series filled: an empty result without columns
-        if len(hits):
-            series_filled = dict(zip(hits[ident].astype(str), hits[FILLED].tolist(), strict=True))
-        rows_written = materialized.count()
-        seconds["forecast"] = time.perf_counter() - forecast_start
-        written = time.perf_counter()
-        _run(lambda: materialized.drop_columns([FILLED]).write_parquet(str(out)), where)
+    collect = _collect_to_file if out.suffix else _write_directory
+    rows_written, series_filled, written = collect(forecasts, out, ident, ids, where, seconds, forecast_start)
     seconds["write"] = time.perf_counter() - written
     total = time.perf_counter() - start
     summary = {
@@ -243,6 +222,36 @@ def _forecast(
     if per_series_fill:
         summary["filled_per_series"] = series_filled
     return summary
+
+
+def _collect_to_file(forecasts, out: Path, ident: str, ids, where: str, seconds: dict, start: float):
+    """All forecasts on the driver, in the order the series first appear, written as one file."""
+    frame = _run(forecasts.to_pandas, where)
+    order = np.argsort(pd.Index(ids).get_indexer(frame[ident]), kind="stable")
+    frame = frame.take(order).reset_index(drop=True)
+    filled = frame[FILLED].to_numpy()
+    series_filled = dict(zip(frame[ident].astype(str)[filled > 0], filled[filled > 0].tolist(), strict=True))
+    frame = frame.drop(columns=FILLED)
+    seconds["forecast"] = time.perf_counter() - start
+    written = time.perf_counter()
+    write_table(frame, out)
+    return len(frame), series_filled, written
+
+
+def _write_directory(forecasts, out: Path, ident: str, ids, where: str, seconds: dict, start: float):
+    """The forecasts written by the workers as Parquet parts under ``out``; only fill counts come back."""
+    materialized = _run(forecasts.materialize, where)
+    hits = _run(
+        materialized.map_batches(_filled_rows, fn_kwargs={"column": ident}, batch_format="pandas").to_pandas,
+        where,
+    )
+    series_filled = {}  # no series filled: an empty result without columns
+    if len(hits):
+        series_filled = dict(zip(hits[ident].astype(str), hits[FILLED].tolist(), strict=True))
+    seconds["forecast"] = time.perf_counter() - start
+    written = time.perf_counter()
+    _run(lambda: materialized.drop_columns([FILLED]).write_parquet(str(out)), where)
+    return materialized.count(), series_filled, written
 
 
 def _source(data: str | Path) -> tuple[str, Path]:
