@@ -18,7 +18,9 @@ def register(sub: argparse._SubParsersAction) -> None:
         description=(
             "Forecast each series of a long (id, timestamp, value) or wide (timestamp + one column per "
             "series) table from its last context-length points, and write one row per series and future "
-            "timestamp: the id column, the timestamp column, `forecast` and with --quantiles q0.1 ... q0.9."
+            "timestamp: the id column, the timestamp column, `forecast` and with --quantiles q0.1 ... q0.9. "
+            "--engine ray runs the same checks and model on a Ray cluster (Ray Data reads --data, groups "
+            "the rows by series id and forecasts them in a pool of actors); long tables only."
         ),
     )
     p.add_argument(
@@ -30,8 +32,19 @@ def register(sub: argparse._SubParsersAction) -> None:
             "needs torch) and then run on --backend like any artifact"
         ),
     )
-    p.add_argument("--data", required=True, help="the panel: a .csv, .parquet or .pq file")
-    p.add_argument("--out", required=True, help="where to write the forecasts: .csv, .parquet or .pq")
+    p.add_argument(
+        "--data",
+        required=True,
+        help="the panel: a .csv, .parquet or .pq file (--engine ray: also a directory of such files)",
+    )
+    p.add_argument(
+        "--out",
+        required=True,
+        help=(
+            "where to write the forecasts: .csv, .parquet or .pq (--engine ray: also a path without "
+            "extension, a directory of Parquet parts written by the workers, rows in no set order)"
+        ),
+    )
     p.add_argument("--horizon", type=int, default=None, help="steps to forecast (default: the artifact's)")
     p.add_argument(
         "--id-column", default=None, help="series id column (default: detected; none = wide table)"
@@ -60,9 +73,35 @@ def register(sub: argparse._SubParsersAction) -> None:
     )
     p.add_argument("--backend", default="auto", choices=BACKENDS, help="runtime backend (default auto)")
     p.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N (default auto)")
-    p.add_argument("--threads", type=int, default=None, help="CPU threads (default: all)")
+    p.add_argument(
+        "--threads",
+        type=int,
+        default=None,
+        help="CPU threads (default: all; --engine ray: per worker, default 1)",
+    )
     p.add_argument(
         "--batch-size", type=int, default=None, help="series per model call (default: the backend's max)"
+    )
+    p.add_argument(
+        "--engine",
+        default="local",
+        choices=("local", "ray"),
+        help=(
+            "local (default): in this process; ray: on a Ray cluster, same columns, values and errors, "
+            "for long tables (a wide table: melt it, or use local); needs the `ray` extra"
+        ),
+    )
+    p.add_argument(
+        "--address", default=None, help="--engine ray: the cluster to join (default: start a local one)"
+    )
+    p.add_argument(
+        "--num-workers",
+        type=int,
+        default=None,
+        help=(
+            "--engine ray: actors forecasting at once, each with --threads (default 1) CPUs; a local "
+            "cluster gets their CPUs plus one for Ray Data's tasks (default and at most: the CPUs less one)"
+        ),
     )
     p.add_argument("--per-series-fill", action="store_true", help="list the values filled in each series")
     p.add_argument("--json", action="store_true", help="print the summary as one JSON object")
@@ -89,20 +128,46 @@ def run(args: argparse.Namespace) -> int:
         batch_size=args.batch_size,
         show_progress=False if args.json else None,
     )
+    if args.engine != "ray" and (args.address or args.num_workers):
+        raise ValueError("--address and --num-workers are options of --engine ray")
     with tempfile.TemporaryDirectory(prefix="prunecast-forecast-") as tmp:
         art_dir = _artifact(args.model, Path(tmp))
-        forecaster = Forecaster.load(art_dir, backend=args.backend, device=args.device, threads=args.threads)
-        summary = forecast_file(forecaster, args.data, args.out, config, options, args.per_series_fill)
-    summary["backend"] = forecaster.backend.name
+        if args.engine == "ray":
+            summary = _forecast_ray(args, art_dir, config, options)
+        else:
+            forecaster = Forecaster.load(
+                art_dir, backend=args.backend, device=args.device, threads=args.threads
+            )
+            summary = forecast_file(forecaster, args.data, args.out, config, options, args.per_series_fill)
+            summary["backend"] = forecaster.backend.name
     lines = [
         f"wrote {summary['rows_written']:,} rows ({summary['series']:,} series x {summary['horizon']} steps) "
         f"to {args.out} in {summary['seconds']} s ({summary['series_per_s']:,} series/s)",
         f"values filled: {summary['values_filled']:,} (fill={summary['fill']})",
     ]
+    if args.engine == "ray":
+        lines.append(f"engine: ray, up to {summary['workers']} workers")
     for name, count in summary.get("filled_per_series", {}).items():
         lines.append(f"  {name}: {count}")
     emit(summary, args.json, lines)
     return 0
+
+
+def _forecast_ray(args: argparse.Namespace, art_dir: Path, config, options) -> dict:
+    try:
+        import ray  # noqa: F401
+    except ImportError:
+        raise RuntimeError("--engine ray needs Ray Data: pip install 'prunecast[ray]'") from None
+    from prunecast.runtime.ray_engine import RayConfig, forecast_file_ray
+
+    ray_config = RayConfig(
+        address=args.address,
+        num_workers=args.num_workers,
+        threads=args.threads or 1,
+        backend=args.backend,
+        device=args.device,
+    )
+    return forecast_file_ray(art_dir, args.data, args.out, config, options, ray_config, args.per_series_fill)
 
 
 def _artifact(model: str, workdir: Path) -> Path:
