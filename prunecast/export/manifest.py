@@ -21,8 +21,8 @@ level in ``quantile_levels`` (empty, and no second output, for point models such
 ``model.onnx`` was converted to FP16, and measures that graph against PyTorch.
 ``quantile_parity`` and ``fp16_quantile_parity`` are the same checks on the ``quantiles`` output.
 ``int8`` is present when INT8 quantisation was tried (``export --int8``): how it was calibrated,
-both validation MSEs and whether the guard accepted it (``precision`` is then ``int8``) or kept
-FP32; ``int8_parity`` is the INT8 graph against the FP32 one over every validation window.
+both validation MSEs, the INT8 graph's max abs error against the FP32 one over every validation
+window, and whether the guard accepted it (``precision`` is then ``int8``) or kept FP32.
 """
 
 from __future__ import annotations
@@ -115,7 +115,9 @@ class Int8Record:
     """An INT8 attempt: calibration (which split, how many windows, which rows) and the guard's verdict.
 
     Rows are those of the benchmark CSV; ``split_rows`` holds each split's target rows, so a reader
-    can check that ``calibration_rows`` (the rows the calibration contexts read) lie inside train."""
+    can check that ``calibration_rows`` (the rows the calibration contexts read) lie inside train.
+    ``max_abs_err`` is INT8 against FP32 over the validation windows, ``rel_err`` the same divided by
+    ``max(1, max |FP32 forecast|)``: recorded, not gated (the guard judges accuracy, by MSE)."""
 
     accepted: bool
     decision: str
@@ -128,6 +130,8 @@ class Int8Record:
     fp32_val_mse: float
     int8_val_mse: float
     tolerance: float
+    max_abs_err: float
+    rel_err: float
     op_types: list[str]
     quant_format: str = "QDQ"
     per_channel: bool = True
@@ -147,6 +151,8 @@ class Int8Record:
             fp32_val_mse=float(data["fp32_val_mse"]),
             int8_val_mse=float(data["int8_val_mse"]),
             tolerance=float(data["tolerance"]),
+            max_abs_err=float(data["max_abs_err"]),
+            rel_err=float(data["rel_err"]),
             op_types=[str(op) for op in data["op_types"]],
             quant_format=str(data.get("quant_format", "QDQ")),
             per_channel=bool(data.get("per_channel", True)),
@@ -178,7 +184,6 @@ class Manifest:
     source_revision: str | None = None
     """The HF revision (branch, tag or commit) of ``source_model``; None for the default branch."""
     int8: Int8Record | None = None
-    int8_parity: Parity | None = None
     format: str = FORMAT
     format_version: int = FORMAT_VERSION
 
@@ -202,7 +207,7 @@ class Manifest:
     def to_dict(self) -> dict:
         data = asdict(self)
         data["quantile_levels"] = list(self.quantile_levels)
-        for name in ("fp16_parity", "quantile_parity", "fp16_quantile_parity", "int8", "int8_parity"):
+        for name in ("fp16_parity", "quantile_parity", "fp16_quantile_parity", "int8"):
             if data[name] is None:
                 del data[name]
         # format first, for a reader opening the file by hand
@@ -242,7 +247,6 @@ class Manifest:
                 engines=[EngineEntry.from_dict(e) for e in data.get("engines", [])],
                 source_revision=None if data.get("source_revision") is None else str(data["source_revision"]),
                 int8=Int8Record.from_dict(data["int8"]) if data.get("int8") else None,
-                int8_parity=_parity(data, "int8_parity"),
             )
         except KeyError as exc:
             raise ArtifactError(f"{where}: missing field {exc.args[0]!r}") from None
@@ -305,8 +309,6 @@ class Manifest:
                 f"{where}: precision {self.precision!r} contradicts the int8 record "
                 f"({'accepted' if accepted else 'absent or rejected'})"
             )
-        if (self.int8 is None) != (self.int8_parity is None):
-            raise ArtifactError(f"{where}: int8 and int8_parity must be given together")
 
     def save(self, art_dir: str | Path) -> Path:
         """Write ``manifest.json`` into ``art_dir`` (the files must already be hashed into ``files``)."""

@@ -171,9 +171,11 @@ def _quantize(module: ForecastModule, stage: Path, config: ExportConfig, manifes
     with tempfile.TemporaryDirectory(prefix=".int8.", dir=stage.parent) as work:
         result = quantize_with_guard(stage / ONNX_NAME, Path(work), manifest, data, config.int8_config())
         if result.int8_path is not None:
-            check_graph(result.int8_path, module.context_length, module.horizon, quantiles=len(module.quantile_levels))
+            check_graph(
+                result.int8_path, module.context_length, module.horizon, quantiles=len(module.quantile_levels)
+            )
             result.int8_path.replace(stage / ONNX_NAME)
-    manifest.int8, manifest.int8_parity = result.record, result.parity
+    manifest.int8 = result.record
     if result.record.accepted:
         manifest.precision = "int8"
     return manifest
