@@ -91,6 +91,10 @@ def test_int8_artifact_loads_in_forecaster_close_to_fp32(int8_artifact, data):
     error = np.abs(got - want).max()
     assert got.shape == (300, H) and got.dtype == np.float32
     assert 1e-5 < error < 0.1 * max(1.0, np.abs(want).max())  # quantised, yet close
+    # the torch backend serves the artifact's saved FP32 module, and says so
+    eager = Forecaster.load(art, backend="torch", device="cpu")
+    assert eager.describe()["precision"] == "fp32"
+    np.testing.assert_allclose(eager.predict(contexts), want, atol=1e-6)
 
 
 def test_manifest_records_precision_parity_and_calibration(int8_artifact, data):
