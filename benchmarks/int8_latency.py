@@ -12,7 +12,10 @@ at batch 1, 8, 64 and 256 in interleaved rounds, together with the original in P
 each ratio is of figures taken side by side in one run. An INT8 export the accuracy guard rejected
 holds the FP32 graph; it is timed all the same, quantised again here with the export's own settings,
 and marked ``rejected``. Validation and test MSE (scaled ETTh1, every window) of each artifact come
-from the same Forecaster. Writes ``benchmarks/results/int8_latency.json`` and ``.png``.
+from the same Forecaster. Each row's ``parity_max_abs_err`` is against the baseline (the first
+``--fp32``) in PyTorch eager on the timed inputs, so for another model it is that model's difference
+from the baseline; ``guard`` holds each INT8 graph's error against its own FP32 graph. Writes
+``benchmarks/results/int8_latency.json`` and ``.png``.
 """
 
 from __future__ import annotations
