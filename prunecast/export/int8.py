@@ -23,6 +23,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
+from onnxruntime.quantization import CalibrationDataReader, QuantFormat, QuantType, quantize_static
+from onnxruntime.quantization.shape_inference import quant_pre_process
 
 from prunecast.data.splits import Split, split_borders
 from prunecast.data.windows import PreparedData, Windows
@@ -63,8 +65,8 @@ def calibration_indices(train: Windows, count: int) -> np.ndarray:
     return np.linspace(0, len(train) - 1, count).round().astype(np.int64)
 
 
-class WindowReader:
-    """A ``CalibrationDataReader`` over fixed contexts, in batches of ``batch`` windows."""
+class WindowReader(CalibrationDataReader):
+    """The quantizer's calibration input: fixed contexts, in batches of ``batch`` windows."""
 
     def __init__(self, contexts: np.ndarray, batch: int = CALIBRATION_BATCH):
         self.contexts = contexts
@@ -84,15 +86,12 @@ class WindowReader:
 
 def quantize_graph(fp32_path: Path, out_path: Path, contexts: np.ndarray, op_types: tuple[str, ...]) -> None:
     """Write the QDQ INT8 form of ``fp32_path`` to ``out_path``, calibrated on ``contexts``."""
-    from onnxruntime.quantization import CalibrationDataReader, QuantFormat, QuantType, quantize_static
-    from onnxruntime.quantization.shape_inference import quant_pre_process
-
-    reader = type("Reader", (WindowReader, CalibrationDataReader), {})(contexts)
+    reader = WindowReader(contexts)
     with tempfile.TemporaryDirectory(prefix="prunecast-int8-") as tmp, _quiet_quantizer():
         prepared = Path(tmp) / "prepared.onnx"
-        # symbolic shapes for every tensor (the quantizer needs them) and onnxruntime's basic fusions
-        quant_pre_process(str(fp32_path), str(prepared))
         try:
+            # symbolic shapes for every tensor (the quantizer needs them) and onnxruntime's basic fusions
+            quant_pre_process(str(fp32_path), str(prepared))
             quantize_static(
                 str(prepared),
                 str(out_path),
