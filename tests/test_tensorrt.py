@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import importlib.util
 import shutil
 
@@ -49,6 +50,9 @@ def test_precision_rules_for_tensorrt_10_and_11(artifacts):
         engine_precision(fp32, EngineConfig(fp16=True), 11)
     for major in (10, 11):
         assert engine_precision(fp16, EngineConfig(), major) == "fp16"  # from the graph
+    int8 = dataclasses.replace(fp32, precision="int8")
+    with pytest.raises(ExportError, match="build TensorRT engines from an FP32 or --fp16 export"):
+        engine_precision(int8, EngineConfig(), 10)
 
 
 def test_engine_config_is_validated():

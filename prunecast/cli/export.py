@@ -20,6 +20,24 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("model", help="HF id, HF model directory, or a prunecast-saved (pruned) model directory")
     p.add_argument("--out", required=True, help="artifact directory to create (must not exist or be empty)")
     p.add_argument("--fp16", action="store_true", help="compute in FP16 inside; inputs/outputs stay FP32")
+    p.add_argument(
+        "--int8",
+        action="store_true",
+        help="quantise to INT8 (onnxruntime static QDQ, per-channel weights) calibrated on --data's "
+        "training windows; kept only if validation MSE stays within --int8-tolerance of FP32",
+    )
+    p.add_argument(
+        "--int8-tolerance",
+        type=float,
+        default=0.005,
+        help="largest relative rise of validation MSE INT8 may cause (default 0.005 = 0.5%%)",
+    )
+    p.add_argument(
+        "--calibration-windows",
+        type=int,
+        default=256,
+        help="training windows that calibrate the INT8 activation ranges (default 256)",
+    )
     p.add_argument("--opset", type=int, default=18, help="ONNX opset, 18-23 (default 18)")
     p.add_argument(
         "--no-optimize",
@@ -34,7 +52,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument(
         "--data",
         default=DEFAULT_DATA,
-        help=f"benchmark whose test windows check parity (default {DEFAULT_DATA})",
+        help=f"benchmark whose test windows check parity; with --int8 its training windows calibrate and "
+        f"its validation windows guard accuracy (default {DEFAULT_DATA})",
     )
     add_time_axis_args(p)
     p.add_argument("--json", action="store_true", help="print the manifest as one JSON object")
@@ -52,6 +71,9 @@ def run(args: argparse.Namespace) -> int:
         data=args.data,
         time_axis=time_axis_from_args(args),
         source_model=args.model,
+        int8=args.int8,
+        int8_tolerance=args.int8_tolerance,
+        calibration_windows=args.calibration_windows,
     )
     start = time.perf_counter()
     manifest = export_onnx(model, args.out, config)
@@ -63,5 +85,7 @@ def run(args: argparse.Namespace) -> int:
     ]
     if manifest.fp16_parity:
         lines.append(f"FP16 parity: max abs error {manifest.fp16_parity.max_abs_err:.2e}")
+    if manifest.int8:
+        lines.append(manifest.int8.decision)
     emit({**manifest.to_dict(), "out": str(args.out), "seconds": seconds}, args.json, lines)
     return 0

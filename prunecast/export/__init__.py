@@ -1,4 +1,4 @@
-"""Deployable artifacts: ONNX with parity, FP16, TensorRT engines and Triton model repositories.
+"""Deployable artifacts: ONNX with parity, FP16, INT8, TensorRT engines and Triton model repositories.
 
 Importing this package pulls in neither torch nor onnx, so a runtime can read artifacts
 (:func:`load_manifest`) without them; the exporters are imported on first use.
@@ -12,6 +12,7 @@ from prunecast.export.manifest import (
     ArtifactError,
     EngineEntry,
     ExportError,
+    Int8Record,
     Manifest,
     Parity,
     TensorSpec,
@@ -23,6 +24,8 @@ _LAZY = {
     "ExportConfig": "prunecast.export.onnx_export",
     "export_onnx": "prunecast.export.onnx_export",
     "convert_to_fp16": "prunecast.export.fp16",
+    "Int8Config": "prunecast.export.int8",
+    "quantize_with_guard": "prunecast.export.int8",
     "EngineConfig": "prunecast.export.tensorrt",
     "TensorRTUnavailable": "prunecast.export.tensorrt",
     "build_engine": "prunecast.export.tensorrt",
@@ -43,6 +46,7 @@ __all__ = [
     "ArtifactError",
     "EngineEntry",
     "ExportError",
+    "Int8Record",
     "Manifest",
     "Parity",
     "TensorSpec",

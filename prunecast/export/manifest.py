@@ -7,8 +7,9 @@ or onnx, so this module uses the standard library only.
 
 Layout (paths relative to ``ART_DIR``, each listed in ``files``):
 
-- ``model.onnx``: the graph to serve; ``precision`` says whether it computes in FP32 or
-  FP16 (inputs and outputs are FP32 either way).
+- ``model.onnx``: the graph to serve; ``precision`` says whether it computes in FP32, FP16
+  or INT8 (QDQ: INT8 weights and activations around the matmuls); inputs and outputs are FP32
+  in every case, so any onnxruntime loads it unchanged.
 - ``torch/``: the PyTorch model, loadable with ``prunecast.compress.load_model``.
 - ``*.plan``: TensorRT engines, one entry each in ``engines``.
 
@@ -19,6 +20,9 @@ level in ``quantile_levels`` (empty, and no second output, for point models such
 ``parity`` is the FP32 export checked against PyTorch; ``fp16_parity`` is present when
 ``model.onnx`` was converted to FP16, and measures that graph against PyTorch.
 ``quantile_parity`` and ``fp16_quantile_parity`` are the same checks on the ``quantiles`` output.
+``int8`` is present when INT8 quantisation was tried (``export --int8``): how it was calibrated,
+both validation MSEs, the INT8 graph's max abs error against the FP32 one over every validation
+window, and whether the guard accepted it (``precision`` is then ``int8``) or kept FP32.
 """
 
 from __future__ import annotations
@@ -36,7 +40,7 @@ TORCH_DIR = "torch"
 BATCH_AXIS = "batch"
 FORECAST = "forecast"
 QUANTILES = "quantiles"
-PRECISIONS = ("fp32", "fp16")
+PRECISIONS = ("fp32", "fp16", "int8")
 
 
 class ArtifactError(ValueError):
@@ -106,6 +110,56 @@ class EngineEntry:
         )
 
 
+@dataclass(frozen=True)
+class Int8Record:
+    """An INT8 attempt: calibration (which split, how many windows, which rows) and the guard's verdict.
+
+    Rows are those of the benchmark CSV; ``split_rows`` holds each split's target rows, so a reader
+    can check that ``calibration_rows`` (the rows the calibration contexts read) lie inside train.
+    ``max_abs_err`` is INT8 against FP32 over the validation windows, ``rel_err`` the same divided by
+    ``max(1, max |FP32 forecast|)``: recorded, not gated (the guard judges accuracy, by MSE)."""
+
+    accepted: bool
+    decision: str
+    calibration_split: str
+    calibration_windows: int
+    calibration_rows: list[int]
+    split_rows: dict[str, list[int]]
+    data: str
+    val_windows: int
+    fp32_val_mse: float
+    int8_val_mse: float
+    tolerance: float
+    max_abs_err: float
+    rel_err: float
+    op_types: list[str]
+    quant_format: str = "QDQ"
+    per_channel: bool = True
+    calibrate_method: str = "MinMax"
+
+    @classmethod
+    def from_dict(cls, data: dict) -> Int8Record:
+        return cls(
+            accepted=bool(data["accepted"]),
+            decision=str(data["decision"]),
+            calibration_split=str(data["calibration_split"]),
+            calibration_windows=int(data["calibration_windows"]),
+            calibration_rows=[int(r) for r in data["calibration_rows"]],
+            split_rows={str(k): [int(r) for r in v] for k, v in data["split_rows"].items()},
+            data=str(data["data"]),
+            val_windows=int(data["val_windows"]),
+            fp32_val_mse=float(data["fp32_val_mse"]),
+            int8_val_mse=float(data["int8_val_mse"]),
+            tolerance=float(data["tolerance"]),
+            max_abs_err=float(data["max_abs_err"]),
+            rel_err=float(data["rel_err"]),
+            op_types=[str(op) for op in data["op_types"]],
+            quant_format=str(data.get("quant_format", "QDQ")),
+            per_channel=bool(data.get("per_channel", True)),
+            calibrate_method=str(data.get("calibrate_method", "MinMax")),
+        )
+
+
 @dataclass
 class Manifest:
     """Everything a runtime needs to know about an artifact, as stored in ``manifest.json``."""
@@ -129,6 +183,7 @@ class Manifest:
     engines: list[EngineEntry] = field(default_factory=list)
     source_revision: str | None = None
     """The HF revision (branch, tag or commit) of ``source_model``; None for the default branch."""
+    int8: Int8Record | None = None
     format: str = FORMAT
     format_version: int = FORMAT_VERSION
 
@@ -152,7 +207,7 @@ class Manifest:
     def to_dict(self) -> dict:
         data = asdict(self)
         data["quantile_levels"] = list(self.quantile_levels)
-        for name in ("fp16_parity", "quantile_parity", "fp16_quantile_parity"):
+        for name in ("fp16_parity", "quantile_parity", "fp16_quantile_parity", "int8"):
             if data[name] is None:
                 del data[name]
         # format first, for a reader opening the file by hand
@@ -191,6 +246,7 @@ class Manifest:
                 fp16_quantile_parity=_parity(data, "fp16_quantile_parity"),
                 engines=[EngineEntry.from_dict(e) for e in data.get("engines", [])],
                 source_revision=None if data.get("source_revision") is None else str(data["source_revision"]),
+                int8=Int8Record.from_dict(data["int8"]) if data.get("int8") else None,
             )
         except KeyError as exc:
             raise ArtifactError(f"{where}: missing field {exc.args[0]!r}") from None
@@ -204,6 +260,7 @@ class Manifest:
         if self.precision not in PRECISIONS:
             raise ArtifactError(f"{where}: precision {self.precision!r} is not one of {PRECISIONS}")
         self._check_quantiles(where)
+        self._check_int8(where)
         expected = (
             ("inputs", self.inputs, [("context", [BATCH_AXIS, self.context_length])]),
             ("outputs", self.outputs, self.expected_outputs()),
@@ -243,6 +300,14 @@ class Manifest:
         if bool(levels and self.fp16_parity) != (self.fp16_quantile_parity is not None):
             raise ArtifactError(
                 f"{where}: an FP16 artifact with quantiles needs fp16_quantile_parity, no other"
+            )
+
+    def _check_int8(self, where: str) -> None:
+        accepted = self.int8 is not None and self.int8.accepted
+        if (self.precision == "int8") != accepted:
+            raise ArtifactError(
+                f"{where}: precision {self.precision!r} contradicts the int8 record "
+                f"({'accepted' if accepted else 'absent or rejected'})"
             )
 
     def save(self, art_dir: str | Path) -> Path:

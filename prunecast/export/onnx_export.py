@@ -3,7 +3,8 @@
 The module is exported with torch's dynamo exporter (a symbolic ``batch`` axis), rewritten for
 speed (:mod:`prunecast.export.optimize`), checked with ``onnx.checker``, run in onnxruntime on
 real scaled windows at several batch sizes against PyTorch, optionally converted to FP16 and
-checked again, and written with its PyTorch weights and a manifest. A model with quantiles
+checked again, or quantised to INT8 behind an accuracy guard (:mod:`prunecast.export.int8`),
+and written with its PyTorch weights and a manifest. A model with quantiles
 (``module.quantile_levels``) gets a second output, ``quantiles [batch, Q, H]``, from the same pass
 as ``forecast``, and each output has its own parity check. Everything is built in a
 staging directory and moved into place only when every check passed, so a failed export leaves
@@ -65,6 +66,11 @@ class ExportConfig:
     source_model: str | None = None
     source_revision: str | None = None
     """The HF revision of ``source_model``; None takes the module's own (:attr:`ForecastModule.revision`)."""
+    int8: bool = False
+    """Quantise to INT8 after the FP32 checks, calibrated on ``data``'s training windows; kept only when
+    ``data``'s validation MSE stays within ``int8_tolerance`` of FP32's."""
+    int8_tolerance: float = 0.005
+    calibration_windows: int = 256
 
     def validate(self) -> None:
         if not MIN_OPSET <= self.opset <= MAX_OPSET:
@@ -73,6 +79,15 @@ class ExportConfig:
             )
         if not self.batch_sizes or min(self.batch_sizes) < 1:
             raise ExportError(f"parity batch sizes must be positive, got {self.batch_sizes}")
+        if self.fp16 and self.int8:
+            raise ExportError("--fp16 and --int8 exclude each other: choose one precision for model.onnx")
+        if self.int8:
+            self.int8_config().validate()
+
+    def int8_config(self):
+        from prunecast.export.int8 import Int8Config
+
+        return Int8Config(calibration_windows=self.calibration_windows, tolerance=self.int8_tolerance)
 
 
 def export_onnx(module: ForecastModule, out_dir: str | Path, config: ExportConfig | None = None) -> Manifest:
@@ -121,9 +136,6 @@ def _build(module: ForecastModule, stage: Path, config: ExportConfig, contexts: 
     outputs = [TensorSpec(FORECAST, [BATCH_AXIS, module.horizon])]
     if levels:
         outputs.append(TensorSpec(QUANTILES, [BATCH_AXIS, len(levels), module.horizon]))
-    from prunecast.compress import save_model
-
-    save_model(module, stage / TORCH_DIR)
     manifest = Manifest(
         family=module.family,
         source_model=config.source_model or str(module.config_dict().get("_name_or_path") or ""),
@@ -135,15 +147,40 @@ def _build(module: ForecastModule, stage: Path, config: ExportConfig, contexts: 
         parameters=sum(p.numel() for p in module.parameters()),
         opset=config.opset,
         versions=_versions(),
-        files=hash_tree(stage, sorted(p.name for p in stage.iterdir())),
         parity=parity[FORECAST],
         fp16_parity=fp16_parity.get(FORECAST),
         quantile_levels=levels,
         quantile_parity=parity.get(QUANTILES),
         fp16_quantile_parity=fp16_parity.get(QUANTILES),
         source_revision=config.source_revision or module.revision,
+        files={ONNX_NAME: ""},  # hashed once every file is in place
     )
+    if config.int8:
+        manifest = _quantize(module, stage, config, manifest)
+    from prunecast.compress import save_model
+
+    save_model(module, stage / TORCH_DIR)
+    manifest.files = hash_tree(stage, sorted(p.name for p in stage.iterdir()))
     manifest.save(stage)
+    return manifest
+
+
+def _quantize(module: ForecastModule, stage: Path, config: ExportConfig, manifest: Manifest) -> Manifest:
+    """Try INT8 on ``stage/model.onnx``; swap it in when the guard accepts, and record the attempt."""
+    from prunecast.data import prepare_windows
+    from prunecast.export.int8 import quantize_with_guard
+
+    data = prepare_windows(config.data, module.context_length, module.horizon, policy=config.time_axis)
+    with tempfile.TemporaryDirectory(prefix=".int8.", dir=stage.parent) as work:
+        result = quantize_with_guard(stage / ONNX_NAME, Path(work), manifest, data, config.int8_config())
+        if result.int8_path is not None:
+            check_graph(
+                result.int8_path, module.context_length, module.horizon, quantiles=len(module.quantile_levels)
+            )
+            result.int8_path.replace(stage / ONNX_NAME)
+    manifest.int8 = result.record
+    if result.record.accepted:
+        manifest.precision = "int8"
     return manifest
 
 

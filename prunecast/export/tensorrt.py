@@ -89,6 +89,11 @@ def gpu_compute_capability(device: int = 0) -> str:
 
 def engine_precision(manifest: Manifest, config: EngineConfig, tensorrt_major: int) -> str:
     """The precision an engine will have, or an ExportError when the request cannot be met."""
+    if manifest.precision == "int8":
+        raise ExportError(
+            "model.onnx of this artifact is INT8 (onnxruntime QDQ, calibrated for the CPU runtime); "
+            "build TensorRT engines from an FP32 or --fp16 export of the model"
+        )
     if manifest.precision == "fp16":
         return "fp16"  # the graph itself is FP16: built strongly typed
     if config.fp16 and tensorrt_major >= 11:

@@ -56,6 +56,10 @@ class TorchBackend(Backend):
         self.device = str(self._device)
         self.max_batch = options.max_batch or DEFAULT_MAX_BATCH
 
+    def describe(self) -> dict:
+        # the saved module computes in FP32 whatever precision (FP16, INT8) model.onnx has
+        return {**super().describe(), "precision": "fp32"}
+
     def run_outputs(self, batch: np.ndarray, outputs: tuple[str, ...]) -> dict[str, np.ndarray]:
         torch = self._torch
         with torch.inference_mode():
