@@ -57,17 +57,18 @@ def model_info(forecaster: Forecaster, name: str | None = None) -> oip.ModelInfo
         platform=oip.PLATFORMS.get(backend, backend),
         context_length=forecaster.context_length,
         horizon=forecaster.horizon,
-        quantile_levels=tuple(getattr(forecaster, "quantile_levels", ())),
+        quantile_levels=forecaster.quantile_levels,
     )
 
 
 def served_outputs(forecaster: Forecaster) -> Callable[[np.ndarray], dict[str, np.ndarray]]:
-    """The batcher's model call: every output the model has, by its v2 name, from one run."""
-
-    def run(batch: np.ndarray) -> dict[str, np.ndarray]:
-        return {oip.FORECAST: forecaster.predict_batch(batch)}
-
-    return run
+    """The batcher's model call: every output the model has (``forecast``, and ``quantiles`` for a
+    quantile model), by its v2 name, from one run. A merged batch serves requests wanting different
+    outputs, so it computes them all; the graph computes the quantiles for the median forecast anyway."""
+    names = forecaster.manifest.output_names
+    if names == (oip.FORECAST,):
+        return lambda batch: {oip.FORECAST: forecaster.predict_batch(batch)}
+    return lambda batch: forecaster.predict_batch_outputs(batch, names)
 
 
 class _Service:
