@@ -272,16 +272,19 @@ def create_app(forecaster: Forecaster, config: ServeConfig = ServeConfig()) -> w
     service = _Service(forecaster, config)
     # aiohttp's own body limit is set just above ours, so our handler reports 413 as JSON
     app = web.Application(client_max_size=config.max_body_bytes + 1)
+    # aiohttp tries the /v2/models/{name}... patterns in the order added: infer, the hot path, first
+    models = ("/v2/models/{name}", "/v2/models/{name}/versions/{version}")
+    for model in models:
+        app.router.add_post(model + "/infer", service.infer)
     app.router.add_post(FORECAST_PATH, service.forecast)
     app.router.add_get("/healthz", service.healthz)
     app.router.add_get("/metrics", service.metrics_text)
     app.router.add_get("/v2", service.server_metadata)
     app.router.add_get("/v2/health/live", service.live)
     app.router.add_get("/v2/health/ready", service.server_ready)
-    for model in ("/v2/models/{name}", "/v2/models/{name}/versions/{version}"):
+    for model in models:
         app.router.add_get(model, service.model_metadata)
         app.router.add_get(model + "/ready", service.model_ready)
-        app.router.add_post(model + "/infer", service.infer)
     app.on_startup.append(service.on_startup)
     app.on_shutdown.append(service.on_shutdown)
     app.on_cleanup.append(service.on_cleanup)
