@@ -77,7 +77,13 @@ def parse_args() -> argparse.Namespace:
     p.add_argument(
         "--concurrent-batches", type=int, default=1, help="server --concurrent-batches (default 1)"
     )
-    p.add_argument("--in-process-batches", type=int, nargs="+", default=[1, 8, 64, 256])
+    p.add_argument(
+        "--in-process-batches",
+        type=int,
+        nargs="+",
+        default=[64],
+        help="in-process reference batches (default 64)",
+    )
     p.add_argument("--seconds", type=float, default=3.0, help="time per in-process batch size (default 3)")
     p.add_argument("--out", default=str(RESULTS / "serve_load_v2.json"))
     return p.parse_args()
