@@ -425,7 +425,7 @@ def plot(result: dict, path: Path) -> None:
     import matplotlib.pyplot as plt
 
     runs = result["artifacts"]
-    fig, axes = plt.subplots(1, len(runs), figsize=(5 * len(runs), 4), sharey=True, squeeze=False)
+    fig, axes = plt.subplots(1, len(runs), figsize=(5 * len(runs), 4), squeeze=False)
     for ax, run in zip(axes[0], runs, strict=True):
         for protocol, levels in run["protocols"].items():
             conc = [lv["concurrency"] for lv in levels]
@@ -436,8 +436,12 @@ def plot(result: dict, path: Path) -> None:
             ax.axhline(0.7 * ref, ls=":", color="gray", lw=1, label="70% of it (target)")
         ax.set(xscale="log", xlabel="concurrent clients (1 series / request)", title=run["label"])
         ax.legend(fontsize=8)
+        ax.set_ylim(bottom=0)
     axes[0][0].set_ylabel("series / s")
-    fig.suptitle(f"prunecast serve, {runs[0]['model']} ({result['machine']})", fontsize=9)
+    load = result["loadavg_before"][0]
+    fig.suptitle(
+        f"prunecast serve, {runs[0]['model']} ({result['machine']}, load average {load})", fontsize=9
+    )
     fig.tight_layout()
     fig.savefig(path, dpi=120)
 
