@@ -1,23 +1,36 @@
-"""Load test of ``prunecast serve`` on loopback, against the in-process Forecaster.
+"""Load test of ``prunecast serve`` on loopback, per protocol, against the in-process Forecaster.
 
-Starts ``prunecast serve ART_DIR`` in a subprocess on a free 127.0.0.1 port (its own
-process, as deployed, so the load generator does not share its interpreter), then for each
-concurrency level runs that many clients (one keep-alive connection each, through a
-minimal HTTP/1.1 client so the load generator costs the shared cores little), sending a
-bounded number of requests back to back (one series per request by default: the server's
-batcher has to do the merging).
+For each artifact, starts ``prunecast serve ART_DIR`` in a subprocess on a free 127.0.0.1
+port (its own process, as deployed, so the load generator does not share its interpreter),
+then for each concurrency level and protocol runs that many clients (one keep-alive
+connection each, through a minimal HTTP/1.1 client so the load generator costs the shared
+cores little), sending a bounded number of requests back to back (one series per request by
+default: the server's batcher has to do the merging). Protocols:
+
+- ``v1``: JSON ``POST /v1/forecast``.
+- ``v2-binary``: ``POST /v2/models/NAME/infer`` with the binary tensor extension, the body
+  framed exactly as Triton's HTTP client (``tritonclient.http``) sends it: its JSON header,
+  then the raw FP32 bytes, ``Inference-Header-Content-Length`` saying where the JSON ends;
+  the forecast asked back binary. Bodies are built once per request up front; one is checked
+  byte for byte against ``tritonclient``'s own when it is installed.
+
 Every level reports throughput (series/s), p50/p95/p99 latency, the mean batch size the
-server formed (from ``/metrics``) and errors; it is compared with ``Forecaster.predict``
-throughput in this process at batch 1, 8, 64 and 256: the best of all threads with and
-without spinning and one thread (batch 64 re-measured just before each level). A sample of served forecasts is
-checked against in-process ``predict``. The server is stopped with SIGTERM at the end.
+server formed (from ``/metrics``), the server process's CPU time per request (from
+``/proc/PID/stat``), the model's compute time per request, the load generator's CPU per
+request, and errors. It is compared with ``Forecaster.predict`` throughput in this process
+(the best of all threads with and without spinning and one thread) at ``--in-process-batches``,
+batch 64 re-measured just before each concurrency level so the ratio compares figures taken
+side by side. Served forecasts of both protocols are checked against in-process ``predict``.
+Each server is stopped with SIGTERM.
 
-    python benchmarks/serve_load.py ART_DIR [--concurrency 1 8 64 256] [--requests 3000]
+    python benchmarks/serve_load.py ART_DIR [ART_DIR ...] [--protocols v1 v2-binary]
+        [--concurrency 1 8 64 256] [--requests 3000] [--out benchmarks/results/serve_load_v2.json]
 
-ART_DIR comes from ``prunecast export`` (e.g. TTM r2: ``prunecast export
-ibm-granite/granite-timeseries-ttm-r2 --out /tmp/ttm_r2``). Writes
-``benchmarks/results/serve_load.json`` and ``serve_load.png``. Client and server share the
-machine's cores, so on a small machine the client's own cost is part of what is measured.
+ART_DIR comes from ``prunecast export``; each is labelled by its directory name. Writes the
+JSON and a PNG beside it (series/s against clients per protocol, one panel per artifact,
+with the in-process batch-64 line). Client and server share the machine's cores, so on a
+small machine the client's own cost is part of what is measured; the load average before and
+after is recorded, since other work on the machine moves every figure.
 """
 
 from __future__ import annotations
@@ -41,13 +54,22 @@ from prunecast.runtime import Forecaster
 
 RESULTS = Path(__file__).resolve().parent / "results"
 PRUNECAST = [sys.executable, "-c", "import sys; from prunecast.cli import main; sys.exit(main())"]
+PROTOCOLS = ("v1", "v2-binary")
+HEADER_LENGTH = "Inference-Header-Content-Length"
+TARGET = {"protocol": "v2-binary", "concurrency": 64, "vs_in_process_batch64": 0.7}
+CLOCK_TICK_S = 1 / os.sysconf("SC_CLK_TCK")
 
 
 def parse_args() -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("art_dir", help="artifact directory from `prunecast export`")
+    p.add_argument(
+        "art_dirs", nargs="+", metavar="ART_DIR", help="artifact directories from `prunecast export`"
+    )
+    p.add_argument("--protocols", nargs="+", choices=PROTOCOLS, default=list(PROTOCOLS))
     p.add_argument("--concurrency", type=int, nargs="+", default=[1, 8, 64, 256])
-    p.add_argument("--requests", type=int, default=3000, help="requests per level (default 3000; 300 at c=1)")
+    p.add_argument(
+        "--requests", type=int, default=3000, help="requests per level (default 3000; a tenth at c=1)"
+    )
     p.add_argument("--series-per-request", type=int, default=1)
     p.add_argument("--max-batch", type=int, default=64, help="server --max-batch (default 64)")
     p.add_argument("--max-wait-ms", type=float, default=2.0, help="server --max-wait-ms (default 2)")
@@ -55,8 +77,15 @@ def parse_args() -> argparse.Namespace:
     p.add_argument(
         "--concurrent-batches", type=int, default=1, help="server --concurrent-batches (default 1)"
     )
+    p.add_argument(
+        "--in-process-batches",
+        type=int,
+        nargs="+",
+        default=[64],
+        help="in-process reference batches (default 64)",
+    )
     p.add_argument("--seconds", type=float, default=3.0, help="time per in-process batch size (default 3)")
-    p.add_argument("--out", default=str(RESULTS / "serve_load.json"))
+    p.add_argument("--out", default=str(RESULTS / "serve_load_v2.json"))
     return p.parse_args()
 
 
@@ -94,28 +123,29 @@ def in_process(forecasters: dict[str, Forecaster], contexts: np.ndarray, batch: 
 
 
 class Server:
-    """``prunecast serve`` in a subprocess, on a free loopback port."""
+    """``prunecast serve`` in a subprocess, on a free loopback port, serving ``name`` on /v2."""
 
-    def __init__(self, art_dir: str, args: argparse.Namespace):
-        cmd = [*PRUNECAST, "serve", art_dir, "--host", "127.0.0.1", "--port", "0", "--json"]
-        cmd += [
-            "--backend",
-            "onnxruntime",
-            "--max-batch",
-            str(args.max_batch),
-            "--max-wait-ms",
-            str(args.max_wait_ms),
-        ]
-        cmd += ["--concurrent-batches", str(args.concurrent_batches)]
+    def __init__(self, art_dir: str, name: str, args: argparse.Namespace):
+        cmd = [*PRUNECAST, "serve", art_dir, "--name", name, "--host", "127.0.0.1", "--port", "0", "--json"]
+        cmd += ["--backend", "onnxruntime", "--max-batch", str(args.max_batch)]
+        cmd += ["--max-wait-ms", str(args.max_wait_ms), "--concurrent-batches", str(args.concurrent_batches)]
         if args.threads:
             cmd += ["--threads", str(args.threads)]
         env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+        self.name = name
         self.proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, text=True, env=env)
         line = self.proc.stdout.readline()
         if not line:
             raise RuntimeError(f"server exited with {self.proc.wait()} before listening")
         self.info = json.loads(line)
-        self.url = self.info["url"]
+        self.host, port = self.info["url"].removeprefix("http://").split(":")
+        self.port = int(port)
+
+    def cpu_s(self) -> float:
+        """User + system CPU time of the server process so far (all its threads)."""
+        stat = Path(f"/proc/{self.proc.pid}/stat").read_text()
+        fields = stat.rpartition(")")[2].split()  # after "pid (comm)": state is fields[0]
+        return (int(fields[11]) + int(fields[12])) * CLOCK_TICK_S  # utime, stime (stat fields 14, 15)
 
     def stop(self) -> int:
         self.proc.send_signal(signal.SIGTERM)
@@ -134,7 +164,8 @@ class Connection:
     async def open(cls, host: str, port: int) -> Connection:
         return cls(*await asyncio.open_connection(host, port))
 
-    async def request(self, raw: bytes) -> tuple[int, bytes]:
+    async def request(self, raw: bytes) -> tuple[int, bytes, bytes]:
+        """Send ``raw`` (a whole request); the status, the response head and its body."""
         self.writer.write(raw)
         head = await self.reader.readuntil(b"\r\n\r\n")
         status = int(head[9:12])
@@ -142,38 +173,94 @@ class Connection:
         for line in head.split(b"\r\n"):
             if line[:15].lower() == b"content-length:":
                 length = int(line[15:])
-        return status, await self.reader.readexactly(length)
+        return status, head, await self.reader.readexactly(length)
 
     async def close(self) -> None:
         self.writer.close()
         await self.writer.wait_closed()
 
 
-def post_bytes(host: str, port: int, path: str, body: bytes) -> bytes:
-    head = (
-        f"POST {path} HTTP/1.1\r\nHost: {host}:{port}\r\nContent-Type: application/json\r\n"
-        f"Content-Length: {len(body)}\r\n\r\n"
+def header(head: bytes, name: str) -> str | None:
+    """One header's value from a response head."""
+    prefix = name.lower().encode() + b":"
+    for line in head.split(b"\r\n"):
+        if line.lower().startswith(prefix):
+            return line[len(prefix) :].strip().decode()
+    return None
+
+
+def http_post(server: Server, path: str, body: bytes, headers: dict[str, str]) -> bytes:
+    """A whole HTTP/1.1 POST request, as bytes."""
+    lines = [f"POST {path} HTTP/1.1", f"Host: {server.host}:{server.port}"]
+    lines += [f"{key}: {value}" for key, value in headers.items()]
+    lines.append(f"Content-Length: {len(body)}")
+    return ("\r\n".join(lines) + "\r\n\r\n").encode() + body
+
+
+def v1_request(server: Server, batch: np.ndarray) -> bytes:
+    body = json.dumps({"series": batch.tolist()}).encode()
+    return http_post(server, "/v1/forecast", body, {"Content-Type": "application/json"})
+
+
+def v2_binary_body(batch: np.ndarray) -> tuple[bytes, int]:
+    """The body ``tritonclient.http`` sends for ``batch`` as a binary ``context`` with the forecast
+    asked back binary (its JSON header, then the raw bytes), and the JSON header's length."""
+    request = {
+        "inputs": [
+            {
+                "name": "context",
+                "shape": list(batch.shape),
+                "datatype": "FP32",
+                "parameters": {"binary_data_size": batch.nbytes},
+            }
+        ],
+        "outputs": [{"name": "forecast", "parameters": {"binary_data": True}}],
+    }
+    head = json.dumps(request, separators=(",", ":"))  # compact, as tritonclient's rapidjson writes it
+    return head.encode() + np.ascontiguousarray(batch, dtype="<f4").tobytes(), len(head)
+
+
+def v2_request(server: Server, batch: np.ndarray) -> bytes:
+    body, json_size = v2_binary_body(batch)
+    headers = {"Content-Type": "application/octet-stream", HEADER_LENGTH: str(json_size)}
+    return http_post(server, f"/v2/models/{server.name}/infer", body, headers)
+
+
+BUILDERS = {"v1": v1_request, "v2-binary": v2_request}
+
+
+def tritonclient_framing_matches(batch: np.ndarray) -> bool | None:
+    """Whether :func:`v2_binary_body` is byte for byte what ``tritonclient.http`` builds (None when
+    it is not installed)."""
+    try:
+        import tritonclient.http as httpclient
+    except ImportError:
+        return None
+    tensor = httpclient.InferInput("context", list(batch.shape), "FP32")
+    tensor.set_data_from_numpy(batch, binary_data=True)
+    outputs = [httpclient.InferRequestedOutput("forecast", binary_data=True)]
+    body, json_size = httpclient.InferenceServerClient.generate_request_body([tensor], outputs=outputs)
+    return (body, json_size) == v2_binary_body(batch)
+
+
+async def scrape(server: Server) -> dict[str, float]:
+    """Every unlabelled-or-labelled sample of ``/metrics``, by its text name."""
+    conn = await Connection.open(server.host, server.port)
+    _, _, text = await conn.request(
+        f"GET /metrics HTTP/1.1\r\nHost: {server.host}:{server.port}\r\n\r\n".encode()
     )
-    return head.encode() + body
-
-
-async def batch_metrics(host: str, port: int) -> tuple[float, float]:
-    """``(model calls, series batched)`` so far, from ``/metrics``."""
-    conn = await Connection.open(host, port)
-    _, text = await conn.request(f"GET /metrics HTTP/1.1\r\nHost: {host}:{port}\r\n\r\n".encode())
     await conn.close()
-    values = dict(line.rsplit(" ", 1) for line in text.decode().splitlines() if not line.startswith("#"))
-    return float(values["prunecast_batch_size_count"]), float(values["prunecast_batch_size_sum"])
+    samples = (
+        line.rsplit(" ", 1) for line in text.decode().splitlines() if line and not line.startswith("#")
+    )
+    return {name: float(value) for name, value in samples}
 
 
-async def load_level(url: str, bodies: list[bytes], concurrency: int, requests: int, series: int) -> dict:
+async def load_level(server: Server, raws: list[bytes], concurrency: int, requests: int, series: int) -> dict:
     """``concurrency`` clients, one connection each, sharing ``requests`` requests back to back."""
-    host, port = url.removeprefix("http://").split(":")
-    port = int(port)
-    raws = [post_bytes(host, port, "/v1/forecast", body) for body in bodies]
-    conns = await asyncio.gather(*(Connection.open(host, port) for _ in range(concurrency)))
+    conns = await asyncio.gather(*(Connection.open(server.host, server.port) for _ in range(concurrency)))
     await asyncio.gather(*(conn.request(raws[k % len(raws)]) for k, conn in enumerate(conns)))  # warm up
-    calls0, batched0 = await batch_metrics(host, port)
+    before = await scrape(server)
     latencies: list[float] = []
     errors: dict[str, int] = {}
     remaining = [requests]
@@ -184,7 +271,7 @@ async def load_level(url: str, bodies: list[bytes], concurrency: int, requests: 
             raw = raws[(k + remaining[0]) % len(raws)]
             t = time.perf_counter()
             try:
-                status, _ = await asyncio.wait_for(conn.request(raw), 120)
+                status, _, _ = await asyncio.wait_for(conn.request(raw), 120)
             except (OSError, asyncio.IncompleteReadError, asyncio.TimeoutError) as exc:
                 errors[type(exc).__name__] = errors.get(type(exc).__name__, 0) + 1
                 return
@@ -193,12 +280,24 @@ async def load_level(url: str, bodies: list[bytes], concurrency: int, requests: 
             else:
                 errors[str(status)] = errors.get(str(status), 0) + 1
 
+    cpu0, own0 = server.cpu_s(), time.process_time()
     start = time.perf_counter()
     await asyncio.gather(*(client(k, conn) for k, conn in enumerate(conns)))
     wall = time.perf_counter() - start
-    calls1, batched1 = await batch_metrics(host, port)
+    cpu1, own1 = server.cpu_s(), time.process_time()
+    after = await scrape(server)
     await asyncio.gather(*(conn.close() for conn in conns))
+
+    def delta(name: str) -> float:
+        return after.get(name, 0.0) - before.get(name, 0.0)
+
     lat = np.array(latencies) * 1000
+    answered = len(latencies) + sum(errors.values())
+    calls = delta("prunecast_execution_total")
+
+    def pct(q: float) -> float | None:
+        return round(float(np.percentile(lat, q)), 2) if len(lat) else None
+
     return {
         "concurrency": concurrency,
         "requests": requests,
@@ -207,24 +306,116 @@ async def load_level(url: str, bodies: list[bytes], concurrency: int, requests: 
         "errors": errors,
         "seconds": round(wall, 3),
         "series_per_s": round(len(latencies) * series / wall, 1),
-        "latency_ms_p50": round(float(np.percentile(lat, 50)), 2) if len(lat) else None,
-        "latency_ms_p95": round(float(np.percentile(lat, 95)), 2) if len(lat) else None,
-        "latency_ms_p99": round(float(np.percentile(lat, 99)), 2) if len(lat) else None,
-        "mean_batch_size": round((batched1 - batched0) / (calls1 - calls0), 2) if calls1 > calls0 else None,
+        "latency_ms_p50": pct(50),
+        "latency_ms_p95": pct(95),
+        "latency_ms_p99": pct(99),
+        "mean_batch_size": round(delta("prunecast_inference_total") / calls, 2) if calls else None,
+        # the whole server process (event loop, parsing, batcher, model threads) per request answered
+        "server_cpu_ms_per_request": round(1000 * (cpu1 - cpu0) / max(answered, 1), 3),
+        "server_cpu_cores": round((cpu1 - cpu0) / wall, 2),
+        # wall time of the model calls, spread over the requests they served
+        "model_compute_ms_per_request": round(
+            1000 * delta("prunecast_compute_duration_seconds_sum") / max(answered, 1), 3
+        ),
+        "loadgen_cpu_ms_per_request": round(1000 * (own1 - own0) / max(answered, 1), 3),
+        "loadavg_1m_after": round(os.getloadavg()[0], 2),
     }
 
 
-async def served_parity(url: str, contexts: np.ndarray, forecaster: Forecaster) -> float:
-    """Largest gap between served forecasts and in-process ``predict`` on the same series."""
-    host, port = url.removeprefix("http://").split(":")
-    conn = await Connection.open(host, int(port))
-    body = json.dumps({"series": contexts.tolist()}).encode()
-    status, reply = await conn.request(post_bytes(host, int(port), "/v1/forecast", body))
-    await conn.close()
-    if status != 200:
-        raise RuntimeError(f"server answered {status}: {reply[:200]!r}")
-    served = np.array(json.loads(reply)["forecast"], dtype=np.float32)
-    return float(np.abs(served - forecaster.predict(contexts)).max())
+async def served_parity(server: Server, contexts: np.ndarray, forecaster: Forecaster) -> dict[str, float]:
+    """Largest gap between each protocol's served forecasts and in-process ``predict``."""
+    want = forecaster.predict(contexts)
+    conn = await Connection.open(server.host, server.port)
+    try:
+        status, _, reply = await conn.request(v1_request(server, contexts))
+        if status != 200:
+            raise RuntimeError(f"/v1 answered {status}: {reply[:200]!r}")
+        v1 = np.array(json.loads(reply)["forecast"], dtype=np.float32)
+        status, head, reply = await conn.request(v2_request(server, contexts))
+        if status != 200:
+            raise RuntimeError(f"/v2 answered {status}: {reply[:200]!r}")
+        json_size = int(header(head, HEADER_LENGTH))
+        (tensor,) = json.loads(reply[:json_size])["outputs"]
+        v2 = np.frombuffer(reply[json_size:], dtype="<f4").reshape(tensor["shape"])
+    finally:
+        await conn.close()
+    return {"v1": float(np.abs(v1 - want).max()), "v2-binary": float(np.abs(v2 - want).max())}
+
+
+def bench_artifact(art_dir: str, args: argparse.Namespace) -> dict:
+    """In-process reference and every (concurrency, protocol) level for one artifact."""
+    label = Path(art_dir).resolve().name
+    load = partial(Forecaster.load, art_dir, backend="onnxruntime")
+    forecasters = {
+        "all_threads_spinning": load(spinning=True),
+        "all_threads_no_spinning": load(spinning=False),
+        "one_thread": load(threads=1),
+    }
+    forecaster = forecasters["one_thread"]
+    contexts = real_contexts(forecaster.context_length, forecaster.horizon, 512)
+    reference = [in_process(forecasters, contexts, b, args.seconds) for b in args.in_process_batches]
+    for ref in reference:
+        print(
+            f"[{label}] in-process batch {ref['batch']:>3}: {ref['series_per_s']:>8.1f} series/s", flush=True
+        )
+
+    k = args.series_per_request
+    batches = [contexts[i : i + k] for i in range(0, len(contexts) - k + 1, k)]
+    server = Server(art_dir, label, args)
+    levels: dict[str, list[dict]] = {protocol: [] for protocol in args.protocols}
+    try:
+        parity = asyncio.run(served_parity(server, contexts[:64], forecaster))
+        raws = {protocol: [BUILDERS[protocol](server, b) for b in batches] for protocol in args.protocols}
+        for c in args.concurrency:
+            requests = max(c, args.requests if c > 1 else args.requests // 10)
+            # in-process batch 64 again just before each level (the server idles meanwhile), so the
+            # ratio compares figures taken a minute apart at most on a machine whose load drifts
+            adjacent = in_process(forecasters, contexts, 64, args.seconds)["series_per_s"]
+            for protocol in args.protocols:
+                level = asyncio.run(load_level(server, raws[protocol], c, requests, k))
+                level["in_process_batch64_series_per_s"] = adjacent
+                level["vs_in_process_batch64"] = round(level["series_per_s"] / adjacent, 3)
+                levels[protocol].append(level)
+                print(
+                    f"[{label}] {protocol:>9} c={c:>3}: {level['series_per_s']:>8.1f} series/s "
+                    f"({level['vs_in_process_batch64']:.0%} of in-process batch 64 = {adjacent}), "
+                    f"p50 {level['latency_ms_p50']} ms, p99 {level['latency_ms_p99']} ms, "
+                    f"server CPU {level['server_cpu_ms_per_request']} ms/req, "
+                    f"mean batch {level['mean_batch_size']}, errors {level['errors'] or 0}",
+                    flush=True,
+                )
+    finally:
+        exit_code = server.stop()
+    target = next(
+        (lv for lv in levels.get(TARGET["protocol"], []) if lv["concurrency"] == TARGET["concurrency"]), None
+    )
+    return {
+        "label": label,
+        "art_dir": str(art_dir),
+        "model": forecaster.manifest.source_model,
+        "artifact": {
+            "parameters": forecaster.manifest.parameters,
+            "precision": forecaster.manifest.precision,
+        },
+        "in_process": reference,
+        "protocols": levels,
+        "served_vs_in_process_max_abs_err": parity,
+        "target": None
+        if target is None
+        else {
+            **TARGET,
+            "measured": target["vs_in_process_batch64"],
+            "errors": target["errors"],
+            "met": target["vs_in_process_batch64"] >= TARGET["vs_in_process_batch64"]
+            and not target["errors"],
+        },
+        "server_config": {
+            "backend": server.info["backend"],
+            "device": server.info["device"],
+            "threads": server.info.get("threads"),
+        },
+        "server_exit_code": exit_code,
+    }
 
 
 def plot(result: dict, path: Path) -> None:
@@ -233,88 +424,52 @@ def plot(result: dict, path: Path) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    levels = result["server"]
-    conc = [lv["concurrency"] for lv in levels]
-    fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(10, 4))
-    ax1.plot(conc, [lv["series_per_s"] for lv in levels], "o-", label="HTTP server")
-    for ref in result["in_process"]:
-        ax1.axhline(ref["series_per_s"], ls=":", lw=1, color="gray")
-        ax1.text(conc[0], ref["series_per_s"], f" in-process batch {ref['batch']}", fontsize=7, va="bottom")
-    ax1.set(xscale="log", xlabel="concurrent clients", ylabel="series / s", title="throughput")
-    ax1.legend()
-    for key in ("latency_ms_p50", "latency_ms_p95", "latency_ms_p99"):
-        ax2.plot(conc, [lv[key] for lv in levels], "o-", label=key.split("_")[-1])
-    ax2.set(xscale="log", yscale="log", xlabel="concurrent clients", ylabel="ms", title="request latency")
-    ax2.legend()
-    fig.suptitle(f"prunecast serve, {result['model']} ({result['machine']})", fontsize=9)
+    runs = result["artifacts"]
+    fig, axes = plt.subplots(1, len(runs), figsize=(5 * len(runs), 4), squeeze=False)
+    for ax, run in zip(axes[0], runs, strict=True):
+        for protocol, levels in run["protocols"].items():
+            conc = [lv["concurrency"] for lv in levels]
+            ax.plot(conc, [lv["series_per_s"] for lv in levels], "o-", label=protocol)
+        ref = next((r["series_per_s"] for r in run["in_process"] if r["batch"] == 64), None)
+        if ref is not None:
+            ax.axhline(ref, ls="--", color="gray", lw=1, label="in-process batch 64")
+            ax.axhline(0.7 * ref, ls=":", color="gray", lw=1, label="70% of it (target)")
+        ax.set(xscale="log", xlabel="concurrent clients (1 series / request)", title=run["label"])
+        ax.legend(fontsize=8)
+        ax.set_ylim(bottom=0)
+    axes[0][0].set_ylabel("series / s")
+    load = result["loadavg_before"][0]
+    fig.suptitle(
+        f"prunecast serve, {runs[0]['model']} ({result['machine']}, load average {load})", fontsize=9
+    )
     fig.tight_layout()
     fig.savefig(path, dpi=120)
 
 
 def main() -> None:
     args = parse_args()
-    load = partial(Forecaster.load, args.art_dir, backend="onnxruntime")
-    forecasters = {
-        "all_threads_spinning": load(spinning=True),
-        "all_threads_no_spinning": load(spinning=False),
-        "one_thread": load(threads=1),
-    }
-    forecaster = forecasters["one_thread"]
-    contexts = real_contexts(forecaster.context_length, forecaster.horizon, 512)
-    reference = [in_process(forecasters, contexts, b, args.seconds) for b in (1, 8, 64, 256)]
-    for ref in reference:
-        print(f"in-process batch {ref['batch']:>3}: {ref['series_per_s']:>8.1f} series/s", flush=True)
-
-    k = args.series_per_request
-    bodies = [
-        json.dumps({"series": contexts[i : i + k].tolist()}).encode()
-        for i in range(0, len(contexts) - k + 1, k)
-    ]
-    server = Server(args.art_dir, args)
-    levels = []
-    try:
-        parity = asyncio.run(served_parity(server.url, contexts[:64], forecaster))
-        for c in args.concurrency:
-            requests = max(c, args.requests if c > 1 else args.requests // 10)
-            # in-process batch 64 again just before each level (the server idles meanwhile), so the
-            # ratio compares figures taken minutes apart at most on a machine whose load drifts
-            adjacent = in_process(forecasters, contexts, 64, args.seconds)
-            level = asyncio.run(load_level(server.url, bodies, c, requests, k))
-            level["in_process_batch64_series_per_s"] = adjacent["series_per_s"]
-            level["vs_in_process_batch64"] = round(level["series_per_s"] / adjacent["series_per_s"], 3)
-            ref_same = next((r for r in reference if r["batch"] == min(c * k, args.max_batch)), None)
-            if ref_same is not None:
-                level["vs_in_process_same_batch"] = round(level["series_per_s"] / ref_same["series_per_s"], 3)
-            levels.append(level)
-            print(
-                f"c={c:>3}: {level['series_per_s']:>8.1f} series/s ({level['vs_in_process_batch64']:.0%} of "
-                f"in-process batch 64), p50 {level['latency_ms_p50']} ms, p99 {level['latency_ms_p99']} ms, "
-                f"mean batch {level['mean_batch_size']}, errors {level['errors'] or 0}",
-                flush=True,
-            )
-    finally:
-        exit_code = server.stop()
-
+    loadavg_before = [round(v, 2) for v in os.getloadavg()]
+    framing = tritonclient_framing_matches(np.zeros((args.series_per_request, 8), dtype=np.float32))
+    if framing is False:
+        raise SystemExit("the v2-binary request body differs from tritonclient's; fix v2_binary_body")
+    runs = [bench_artifact(art_dir, args) for art_dir in args.art_dirs]
+    loadavg_after = [round(v, 2) for v in os.getloadavg()]
+    cpus = len(os.sched_getaffinity(0))
     result = {
-        "model": forecaster.manifest.source_model,
-        "artifact": {
-            "parameters": forecaster.manifest.parameters,
-            "precision": forecaster.manifest.precision,
-        },
-        "machine": f"{platform.machine()}, {len(os.sched_getaffinity(0))} CPUs (shared with other work: noisy)",
-        "server": levels,
-        "in_process": reference,
-        "server_config": {
-            "backend": server.info["backend"],
-            "device": server.info["device"],
-            "threads": server.info.get("threads"),
+        "machine": f"{platform.machine()}, {cpus} CPUs",
+        "loadavg_before": loadavg_before,
+        "loadavg_after": loadavg_after,
+        "idle": loadavg_before[0] < 0.5 * cpus,
+        "v2_binary_framing_equals_tritonclient": framing,
+        "server_options": {
             "max_batch": args.max_batch,
             "max_wait_ms": args.max_wait_ms,
             "concurrent_batches": args.concurrent_batches,
+            "threads": args.threads,
             "process": "separate from the load generator, same machine",
         },
-        "served_vs_in_process_max_abs_err": parity,
-        "server_exit_code": exit_code,
+        "requests_per_level": args.requests,
+        "artifacts": runs,
     }
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)

@@ -443,6 +443,30 @@ def test_concurrent_batches_bounds_the_model_calls_in_flight(slots):
     assert state["most"] == slots
 
 
+def test_the_next_batch_is_on_the_model_before_the_last_ones_answers_are_delivered():
+    async def scenario():
+        model = Recorder()
+        batcher = MicroBatcher(model, BatcherConfig(max_batch_size=2, max_wait_ms=0))
+        await batcher.start()
+        queued_when_answered = {}
+
+        async def one(i: int) -> np.ndarray:
+            out = await batcher.submit(rows(i))
+            queued_when_answered[i] = batcher.depth
+            return out
+
+        outs = await asyncio.gather(*(one(i) for i in range(4)))
+        await batcher.close()
+        return model, outs, queued_when_answered
+
+    model, outs, queued = run(scenario())
+    assert [c[:, 0].tolist() for c in model.calls] == [[0, 1], [2, 3]]
+    assert [o[0, 0] for o in outs] == [0, 2, 4, 6]
+    # the first batch's requests hear back after the second batch left the queue for the model,
+    # so the model does not wait while the event loop writes the first batch's responses
+    assert queued == {0: 0, 1: 0, 2: 0, 3: 0}
+
+
 def test_batcher_config_is_checked():
     with pytest.raises(ValueError, match="max_batch_size"):
         BatcherConfig(max_batch_size=0)

@@ -340,3 +340,115 @@ def test_not_ready_while_draining_but_still_serving(forecaster):
         assert result.as_numpy("forecast").shape == (1, H)
         stopping.result(30)
         client.close()
+
+
+# --- quantiles: a Chronos-Bolt artifact (small random weights) ------------------------------------
+
+BOLT = "bolt"  # the artifact directory's name, so the model's name
+BOLT_H, LEVELS = 24, 9
+
+
+@pytest.fixture(scope="module")
+def bolt(tmp_path_factory) -> Forecaster:
+    """A Chronos-Bolt forecaster with ``quantiles [N, 9, 24]`` beside ``forecast``."""
+    pytest.importorskip("chronos")
+    import torch
+
+    from prunecast.export.onnx_export import ExportConfig, export_onnx
+    from prunecast.models.chronos_bolt import ChronosBoltAdapter
+    from tests.test_models_chronos_bolt import small_bolt_config
+
+    torch.manual_seed(0)
+    module = ChronosBoltAdapter().from_config(small_bolt_config(), context_length=L, horizon=BOLT_H)
+    art = tmp_path_factory.mktemp("serve_v2") / BOLT
+    export_onnx(module, art, ExportConfig(batch_sizes=(1, 5), source_model="chronos_bolt"))
+    return Forecaster.load(art, backend="onnxruntime", threads=1, spinning=False)
+
+
+@pytest.fixture(scope="module")
+def bolt_client(bolt):
+    with served(bolt) as running:
+        c = client_for(running)
+        yield c
+        c.close()
+
+
+def test_quantile_model_metadata_lists_quantiles(bolt_client):
+    model = bolt_client.get_model_metadata(BOLT)
+    assert model["outputs"] == [
+        {"name": "forecast", "datatype": "FP32", "shape": [-1, BOLT_H]},
+        {"name": "quantiles", "datatype": "FP32", "shape": [-1, LEVELS, BOLT_H]},
+    ]
+    assert model["parameters"]["quantile_levels"] == [0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9]
+
+
+@pytest.mark.parametrize("binary_out", [True, False], ids=["binary-out", "json-out"])
+def test_quantiles_alone_equal_predict_quantiles(bolt_client, bolt, binary_out):
+    x = series(5, seed=20)
+    outputs = [httpclient.InferRequestedOutput("quantiles", binary_data=binary_out)]
+    result = bolt_client.infer(BOLT, [context_input(x, binary=binary_out)], outputs=outputs)
+    (tensor,) = result.get_response()["outputs"]
+    assert tensor["name"] == "quantiles" and tensor["shape"] == [5, LEVELS, BOLT_H]
+    assert ("data" not in tensor) == binary_out
+    assert result.as_numpy("forecast") is None
+    got = result.as_numpy("quantiles")
+    assert got.dtype == np.float32 and np.isfinite(got).all()
+    np.testing.assert_array_equal(got, bolt.predict_quantiles(x))
+
+
+def test_all_outputs_by_default_and_mixed_binary_and_json(bolt_client, bolt):
+    x = series(3, seed=21)
+    forecast, quantiles = bolt.predict_with_quantiles(x)
+    result = bolt_client.infer(BOLT, [context_input(x)])  # no outputs named: all of them, binary
+    assert [t["name"] for t in result.get_response()["outputs"]] == ["forecast", "quantiles"]
+    np.testing.assert_array_equal(result.as_numpy("forecast"), forecast)
+    np.testing.assert_array_equal(result.as_numpy("quantiles"), quantiles)
+    outputs = [
+        httpclient.InferRequestedOutput("quantiles", binary_data=True),
+        httpclient.InferRequestedOutput("forecast", binary_data=False),
+    ]
+    result = bolt_client.infer(BOLT, [context_input(x, binary=False)], outputs=outputs)
+    tensors = {t["name"]: t for t in result.get_response()["outputs"]}
+    assert "data" in tensors["forecast"] and "data" not in tensors["quantiles"]
+    np.testing.assert_array_equal(result.as_numpy("forecast"), forecast)
+    np.testing.assert_array_equal(result.as_numpy("quantiles"), quantiles)
+
+
+def test_quantile_and_v1_requests_merge_into_one_batch(bolt):
+    xs = [series(1, seed=30 + i) for i in range(6)]
+    v1_x = series(2, seed=40)
+    with served(bolt, max_batch_size=64, max_wait_ms=1500) as server:
+        client = client_for(server, concurrency=len(xs))
+        v1_reply = []
+        thread = threading.Thread(
+            target=lambda: v1_reply.append(
+                raw(server, FORECAST_PATH, json.dumps({"series": v1_x.tolist()}).encode())
+            )
+        )
+        thread.start()
+        outputs = [httpclient.InferRequestedOutput("quantiles")]
+        pending = [client.async_infer(BOLT, [context_input(x)], outputs=outputs) for x in xs]
+        results = [p.get_result(timeout=30) for p in pending]
+        thread.join(30)
+        client.close()
+        executions = metric(server, "prunecast_execution_total")
+    assert executions == 1
+    for x, result in zip(xs, results, strict=True):
+        np.testing.assert_allclose(result.as_numpy("quantiles"), bolt.predict_quantiles(x), atol=1e-5)
+    ((status, _, body),) = v1_reply
+    assert status == 200 and set(json.loads(body)) == {"forecast", "model"}  # /v1 unchanged: forecasts only
+    np.testing.assert_allclose(
+        np.array(json.loads(body)["forecast"], np.float32), bolt.predict(v1_x), atol=1e-5
+    )
+
+
+def test_quantiles_from_a_point_model_are_400_naming_the_output(client, server):
+    outputs = [httpclient.InferRequestedOutput("quantiles")]
+    with pytest.raises(InferenceServerException) as info:
+        client.infer(NAME, [context_input(series(1))], outputs=outputs)
+    assert info.value.status() == "400"
+    assert (
+        "unknown output 'quantiles': the model has 'forecast' (a point-forecast model" in info.value.message()
+    )
+    status, _, reply = raw(server, INFER, _json_body([1.0] * L, outputs=[{"name": "quantiles"}]))
+    assert status == 400 and "unknown output 'quantiles'" in json.loads(reply)["error"]

@@ -160,10 +160,10 @@ class MicroBatcher:
             items = await self._next_batch(loop)
             if not items:  # closing, and nothing left
                 return
-            task = loop.create_task(self._run_batch(loop, items))
+            call = self._start(loop, items)  # on the model now, before the loop turns to anything else
+            task = loop.create_task(self._finish(loop, items, call, slots.release))
             self._running.add(task)
             task.add_done_callback(self._running.discard)
-            task.add_done_callback(lambda _: slots.release())
 
     async def _next_batch(self, loop: asyncio.AbstractEventLoop) -> list[_Pending]:
         """Wait until ``max_batch_size`` series are queued or the oldest has waited ``max_wait_ms``."""
@@ -198,20 +198,38 @@ class MicroBatcher:
                 size += len(pending.batch)
         return items
 
-    async def _run_batch(self, loop: asyncio.AbstractEventLoop, items: list[_Pending]) -> None:
-        started = loop.time()
+    def _start(self, loop: asyncio.AbstractEventLoop, items: list[_Pending]) -> tuple[asyncio.Future, float]:
+        """Hand the batch of ``items`` to a worker thread: its model call's future, and when it started."""
         batch = items[0].batch if len(items) == 1 else np.concatenate([p.batch for p in items])
+        return loop.run_in_executor(self._executor, self._timed_run, batch), loop.time()
+
+    async def _finish(
+        self,
+        loop: asyncio.AbstractEventLoop,
+        items: list[_Pending],
+        call: tuple[asyncio.Future, float],
+        release: Callable[[], None],
+    ) -> None:
+        """Answer ``items`` once their model call returns. The slot is released before the answers
+        are delivered, so the next batch is on the model while this one's responses are written;
+        otherwise the loop writes them all first and the model waits idle meanwhile."""
+        future, started = call
         try:
-            out, compute_s = await loop.run_in_executor(self._executor, self._timed_run, batch)
+            out, compute_s = await future
         except Exception as exc:  # noqa: BLE001 - delivered to the requests, never lost
-            if len(items) == 1:
-                _deliver(items[0].future, exc=exc)
-            else:
-                for pending in items:
-                    await self._run_batch(loop, [pending])
+            try:
+                if len(items) == 1:
+                    _deliver(items[0].future, exc=exc)
+                else:  # one by one, in this slot: only the failing requests get the error
+                    for pending in items:
+                        await self._finish(loop, [pending], self._start(loop, [pending]), _nothing)
+            finally:
+                release()
             return
+        release()
         if self._on_batch is not None:
-            self._on_batch(len(batch), compute_s, [started - p.enqueued for p in items])
+            size = sum(len(p.batch) for p in items)
+            self._on_batch(size, compute_s, [started - p.enqueued for p in items])
         start = 0
         for pending in items:
             stop = start + len(pending.batch)
@@ -223,6 +241,10 @@ class MicroBatcher:
         start = time.perf_counter()
         out = self._run(batch)
         return out, time.perf_counter() - start
+
+
+def _nothing() -> None:
+    """The release of a retry, which runs in its batch's slot."""
 
 
 def _rows(out: Outputs, start: int, stop: int) -> Outputs:

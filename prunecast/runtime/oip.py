@@ -250,7 +250,11 @@ def _outputs(requested, binary_default: bool, model: ModelInfo) -> dict[str, boo
     for tensor in requested:
         name = tensor.get("name") if isinstance(tensor, dict) else None
         if name not in available:
-            raise ProtocolError(f"unknown output {name!r}: the model has {', '.join(map(repr, available))}")
+            point_only = " (a point-forecast model; quantiles come from Chronos-Bolt or TimesFM artifacts)"
+            raise ProtocolError(
+                f"unknown output {name!r}: the model has {', '.join(map(repr, available))}"
+                + (point_only if name == QUANTILES else "")
+            )
         parameters = _object(tensor.get("parameters", {}), f"output {name!r} parameters")
         for unsupported in ("classification", "shared_memory_region"):
             if parameters.get(unsupported):

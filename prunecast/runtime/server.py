@@ -57,17 +57,18 @@ def model_info(forecaster: Forecaster, name: str | None = None) -> oip.ModelInfo
         platform=oip.PLATFORMS.get(backend, backend),
         context_length=forecaster.context_length,
         horizon=forecaster.horizon,
-        quantile_levels=tuple(getattr(forecaster, "quantile_levels", ())),
+        quantile_levels=forecaster.quantile_levels,
     )
 
 
 def served_outputs(forecaster: Forecaster) -> Callable[[np.ndarray], dict[str, np.ndarray]]:
-    """The batcher's model call: every output the model has, by its v2 name, from one run."""
-
-    def run(batch: np.ndarray) -> dict[str, np.ndarray]:
-        return {oip.FORECAST: forecaster.predict_batch(batch)}
-
-    return run
+    """The batcher's model call: every output the model has (``forecast``, and ``quantiles`` for a
+    quantile model), by its v2 name, from one run. A merged batch serves requests wanting different
+    outputs, so it computes them all; the graph computes the quantiles for the median forecast anyway."""
+    names = forecaster.manifest.output_names
+    if names == (oip.FORECAST,):
+        return lambda batch: {oip.FORECAST: forecaster.predict_batch(batch)}
+    return lambda batch: forecaster.predict_batch_outputs(batch, names)
 
 
 class _Service:
@@ -271,16 +272,19 @@ def create_app(forecaster: Forecaster, config: ServeConfig = ServeConfig()) -> w
     service = _Service(forecaster, config)
     # aiohttp's own body limit is set just above ours, so our handler reports 413 as JSON
     app = web.Application(client_max_size=config.max_body_bytes + 1)
+    # aiohttp tries the /v2/models/{name}... patterns in the order added: infer, the hot path, first
+    models = ("/v2/models/{name}", "/v2/models/{name}/versions/{version}")
+    for model in models:
+        app.router.add_post(model + "/infer", service.infer)
     app.router.add_post(FORECAST_PATH, service.forecast)
     app.router.add_get("/healthz", service.healthz)
     app.router.add_get("/metrics", service.metrics_text)
     app.router.add_get("/v2", service.server_metadata)
     app.router.add_get("/v2/health/live", service.live)
     app.router.add_get("/v2/health/ready", service.server_ready)
-    for model in ("/v2/models/{name}", "/v2/models/{name}/versions/{version}"):
+    for model in models:
         app.router.add_get(model, service.model_metadata)
         app.router.add_get(model + "/ready", service.model_ready)
-        app.router.add_post(model + "/infer", service.infer)
     app.on_startup.append(service.on_startup)
     app.on_shutdown.append(service.on_shutdown)
     app.on_cleanup.append(service.on_cleanup)
