@@ -21,20 +21,9 @@ from prunecast.models.base import ForecastModule
 from prunecast.models.ttm import TTMAdapter
 from prunecast.runtime import Forecaster
 from tests.conftest import small_ttm_config
+from tests.test_export import LinearForecast  # fitted by least squares: an optimum INT8 can only leave
 
 L, H = 64, 16
-
-
-class LinearForecast(ForecastModule):
-    """One Linear layer: fitted by least squares it is an exact optimum INT8 can only move away from."""
-
-    family = "toy"
-
-    def forward(self, context: torch.Tensor) -> torch.Tensor:
-        return self.model(context)
-
-    def config_dict(self) -> dict:
-        return {}
 
 
 def _small_ttm() -> ForecastModule:

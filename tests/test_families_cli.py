@@ -103,19 +103,24 @@ def _serve_and_post(art_dir, x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     return forecasts
 
 
-@pytest.mark.parametrize("make_model", [_chronos_bolt, _timesfm], ids=["chronos_bolt", "timesfm"])
-def test_prune_finetune_export_serve(make_model, tmp_path, capsys):
+def _prune_saved(make_model, tmp_path, capsys) -> tuple:
+    """A small random model saved with ``save_pretrained``, pruned by the CLI: (module, data args, report)."""
     torch.manual_seed(0)
     module = make_model()
     module.save_pretrained(tmp_path / "base")
     csv = str(write_csv(tmp_path / "series.csv", rows=500, columns=1))
     data = ["--data", csv, "--horizon", str(H)]
-
     pruned = _run(
         capsys,
         *("prune", "--model", str(tmp_path / "base"), "--context", str(L), "-o", str(tmp_path / "p")),
         *("--budget", "0.5", "--max-steps", "2", "--macro-batch", "32", "--step-fraction", "0.4", *data),
     )
+    return module, data, pruned
+
+
+@pytest.mark.parametrize("make_model", [_chronos_bolt, _timesfm], ids=["chronos_bolt", "timesfm"])
+def test_prune_finetune_export_serve(make_model, tmp_path, capsys):
+    module, data, pruned = _prune_saved(make_model, tmp_path, capsys)
     layers = pruned["layers"]
     assert {layer["kind"] for layer in layers} == {"heads", "mlp_hidden"}  # heads are ranked too
     assert any(layer["kept"] < layer["original"] for layer in layers if layer["kind"] == "heads")
@@ -132,7 +137,7 @@ def test_prune_finetune_export_serve(make_model, tmp_path, capsys):
     )
     assert tuned["macs"] == pruned["macs_after"]
 
-    exported = _run(capsys, "export", str(tmp_path / "f"), "--out", str(tmp_path / "art"), "--data", csv)
+    exported = _run(capsys, "export", str(tmp_path / "f"), "--out", str(tmp_path / "art"), *data[:2])
     assert exported["family"] == module.family and exported["horizon"] == H
     assert exported["parity"]["max_abs_err"] < 1e-3
 
@@ -176,17 +181,7 @@ def _long_panel(lengths=(70, L, 100)) -> pd.DataFrame:
 
 @pytest.mark.parametrize("make_model", [_patchtst, _patchtsmixer], ids=["patchtst", "patchtsmixer"])
 def test_patch_families_prune_finetune_export_serve_forecast(make_model, tmp_path, capsys):
-    torch.manual_seed(0)
-    module = make_model()
-    module.save_pretrained(tmp_path / "base")
-    csv = str(write_csv(tmp_path / "series.csv", rows=500, columns=1))
-    data = ["--data", csv, "--horizon", str(H)]
-
-    pruned = _run(
-        capsys,
-        *("prune", "--model", str(tmp_path / "base"), "--context", str(L), "-o", str(tmp_path / "p")),
-        *("--budget", "0.5", "--max-steps", "2", "--macro-batch", "32", "--step-fraction", "0.4", *data),
-    )
+    module, data, pruned = _prune_saved(make_model, tmp_path, capsys)
     layers = pruned["layers"]
     dropped = {d["name"]: d["reason"] for d in pruned["dropped"]}
     if module.family == "patchtst":
@@ -211,7 +206,7 @@ def test_patch_families_prune_finetune_export_serve_forecast(make_model, tmp_pat
     assert tuned["macs"] == pruned["macs_after"]
     _assert_physically_pruned(load_saved(tmp_path / "f"), layers)
 
-    exported = _run(capsys, "export", str(tmp_path / "f"), "--out", str(tmp_path / "art"), "--data", csv)
+    exported = _run(capsys, "export", str(tmp_path / "f"), "--out", str(tmp_path / "art"), *data[:2])
     assert exported["family"] == module.family and exported["horizon"] == H
     assert exported["parameters"] == pruned["params_after"]
     assert exported["parity"]["max_abs_err"] < 1e-4
