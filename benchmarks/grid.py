@@ -469,7 +469,8 @@ def render(results: dict, json_path: Path, plot_too: bool = True) -> None:
         "",
         f"Model `{results['settings']['model']}` (revision {results['settings']['revision'] or 'main'}), "
         f"prune budget {results['settings']['prune']['budget']} of {results['settings']['prune']['target']}; "
-        "means over seeds (the seeds column: cells per variant). Best of each row in bold. Written by "
+        "means over seeds (the seeds column: cells averaged per variant, in column order). Best of each "
+        "row in bold among the variants. Written by "
         "`benchmarks/grid.py` from `grid.json`.",
         "",
         *grid_table(results),
@@ -519,8 +520,9 @@ def plot(results: dict, path: Path) -> None:
                     capsize=3,
                     label=LABELS[variant],
                 )
-        for name, mse in results.get("published", {}).get(f"{dataset}|96", {}).items():
-            ax.scatter([96], [mse], marker="x", label=f"{name} (published)")
+        published = results.get("published", {}).get(f"{dataset}|96", {})
+        for (name, mse), marker in zip(published.items(), "xd", strict=False):
+            ax.scatter([96], [mse], marker=marker, color="0.3", label=f"{name} (published)")
         ax.set_xscale("log")
         ax.set_xticks(HORIZONS, [str(h) for h in HORIZONS])
         ax.minorticks_off()
