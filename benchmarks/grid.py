@@ -130,22 +130,32 @@ class Task:
 
 def plan(config: GridConfig) -> list[Task]:
     """Every cell in run order: per dataset and horizon, zero-shot once, then each seed's trained
-    variants; each transfer right after its source's pruned cell (and the target's zero-shot,
-    which it is compared against, before it)."""
-    tasks: list[Task] = []
+    variants. A transfer runs as soon as both its ends are done (the source's pruned cell and the
+    target's zero-shot, which it is compared against); a target outside the grid's datasets (only
+    its zero-shot is needed) comes after all the grid's cells."""
+    grid: list[Task] = []
     for name in config.datasets:
         for horizon in config.horizons:
             for seed in config.seeds:
                 for variant in config.variants:
-                    if variant == "zero_shot" and seed != config.seeds[0]:
-                        continue
-                    tasks.append(Task(name, horizon, variant, 0 if variant == "zero_shot" else seed))
-                    if variant != "pruned_finetune":
-                        continue
-                    for source, target in config.transfers:
-                        if source == name and target in {**config.datasets, **config.targets}:
-                            tasks.append(Task(target, horizon, "zero_shot", 0))
-                            tasks.append(Task(name, horizon, "pruned_finetune", seed, target=target))
+                    if variant != "zero_shot" or seed == config.seeds[0]:
+                        grid.append(Task(name, horizon, variant, 0 if variant == "zero_shot" else seed))
+    position = {t.key: i for i, t in enumerate(grid)}
+    after: dict[str, list[Task]] = {}
+    tail: list[Task] = []
+    for source, target in config.transfers:
+        if source not in config.datasets or target not in {**config.datasets, **config.targets}:
+            continue
+        for horizon in config.horizons:
+            for seed in config.seeds:
+                zero = Task(target, horizon, "zero_shot", 0)
+                ends = [Task(source, horizon, "pruned_finetune", seed).key, zero.key]
+                move = Task(source, horizon, "pruned_finetune", seed, target=target)
+                if all(key in position for key in ends):
+                    after.setdefault(max(ends, key=position.__getitem__), []).append(move)
+                else:
+                    tail += [zero, move]
+    tasks = [task for cell in grid for task in (cell, *after.get(cell.key, ()))] + tail
     seen: set[str] = set()
     return [t for t in tasks if not (t.key in seen or seen.add(t.key))]
 
@@ -319,12 +329,16 @@ def load_results(config: GridConfig) -> dict:
 
 def save_results(results: dict, path: Path) -> None:
     """Write ``results`` atomically: a reader (or an interrupted run) sees the old file or the new."""
+    _replace(path, lambda f: f.write(json.dumps(results, indent=1, default=str) + "\n"))
+
+
+def _replace(path: Path, write: Callable) -> None:
+    """Call ``write`` on a temporary file beside ``path``, then rename it over ``path``."""
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.stem}.", suffix=path.suffix)
     try:
-        with os.fdopen(fd, "w") as f:
-            json.dump(results, f, indent=1, default=str)
-            f.write("\n")
+        with os.fdopen(fd, "wb" if path.suffix == ".png" else "w") as f:
+            write(f)
         os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
@@ -494,7 +508,7 @@ def render(results: dict, json_path: Path, plot_too: bool = True) -> None:
         *[f"- {note}" for note in results.get("notes", [])],
         "",
     ]
-    json_path.with_suffix(".md").write_text("\n".join(lines))
+    _replace(json_path.with_suffix(".md"), lambda f: f.write("\n".join(lines)))
     if plot_too and results["cells"]:
         plot(results, json_path.with_suffix(".png"))
 
@@ -531,7 +545,7 @@ def plot(results: dict, path: Path) -> None:
         ax.set_title(dataset)
         ax.legend(fontsize=7)
     fig.tight_layout()
-    fig.savefig(path, dpi=110)
+    _replace(path, lambda f: fig.savefig(f, dpi=110, format="png"))
     plt.close(fig)
 
 

@@ -84,6 +84,22 @@ def test_grid_runs_each_variant_and_a_transfer_then_resumes(config):
         grid.Grid(replace(config, prune=replace(config.prune, budget=0.5)))
 
 
+def test_plan_runs_a_transfer_once_both_its_ends_are_done(tmp_path):
+    config = grid.GridConfig(
+        datasets={"a": tmp_path / "a.csv", "b": tmp_path / "b.csv"},
+        targets={"c": tmp_path / "c.csv"},
+        horizons=(96,),
+        seeds=(0, 1),
+        transfers=(("a", "b"), ("b", "a"), ("a", "c"), ("a", "unknown")),
+    )
+    keys = [t.key for t in grid.plan(config)]
+    a = ["a|96|zero_shot|0", "a|96|full_finetune|0", "a|96|pruned_finetune|0"]
+    a += ["a|96|full_finetune|1", "a|96|pruned_finetune|1"]
+    b = ["b|96|zero_shot|0", "a->b|96|0", "a->b|96|1", "b|96|full_finetune|0", "b|96|pruned_finetune|0"]
+    b += ["b->a|96|0", "b|96|full_finetune|1", "b|96|pruned_finetune|1", "b->a|96|1"]
+    assert keys == a + b + ["c|96|zero_shot|0", "a->c|96|0", "a->c|96|1"]
+
+
 def _cell(dataset, horizon, variant, seed, mse, mae):
     return {
         "dataset": dataset,
