@@ -37,7 +37,10 @@ from prunecast.compress import (
     prune,
     save_model,
 )
+from prunecast.compress.finetune import FinetuneReport
+from prunecast.compress.prune import PruneReport
 from prunecast.data import TimeAxisPolicy, prepare_windows
+from prunecast.data.windows import PreparedData
 from prunecast.evaluate import evaluate
 from prunecast.models import DEFAULT_MODEL, ForecastModule
 
@@ -94,15 +97,14 @@ def run(config: RunConfig, log=None) -> dict:
     }
     variants: dict[str, ForecastModule] = {"zero_shot": original}
     if main:
-        report["zero_shot"] = _accuracy(original, data.test, config.test_limit)
+        report["zero_shot"] = accuracy(original, data.test, config.test_limit)
 
     if config.compare_full_finetune:
         log(f"[{next(stage)}/{stages}] full fine-tuning baseline")
-        full = copy.deepcopy(original)
-        ft = finetune(full, data.train, data.val, config.finetune)
+        full, ft = full_finetune(original, data, config.finetune)
         if main:
             report["full_finetune"] = {
-                **_accuracy(full, data.test, config.test_limit),
+                **accuracy(full, data.test, config.test_limit),
                 "finetune": ft.to_dict(),
             }
         variants["full_finetune"] = full
@@ -110,10 +112,15 @@ def run(config: RunConfig, log=None) -> dict:
     log(
         f"[{next(stage)}/{stages}] loss-guided progressive pruning (budget {config.prune.budget} of {config.prune.target})"
     )
-    pruned = copy.deepcopy(original)
-    pr = prune(pruned, data.train, data.val, config.prune)
-    log(f"[{next(stage)}/{stages}] fine-tuning the pruned model, distilling from the original")
-    ft = finetune(pruned, data.train, data.val, config.finetune, teacher=original)
+    pruned, pr, ft = prune_finetune(
+        original,
+        data,
+        config.prune,
+        config.finetune,
+        on_pruned=lambda: log(
+            f"[{next(stage)}/{stages}] fine-tuning the pruned model, distilling from the original"
+        ),
+    )
     if not main:
         return {}
     report["world_size"] = distributed.world_size()
@@ -121,7 +128,7 @@ def run(config: RunConfig, log=None) -> dict:
         pruned, out / "pruned_model", metadata={"source_model": config.model, "revision": config.revision}
     )
     report["pruned_finetune"] = {
-        **_accuracy(pruned, data.test, config.test_limit),
+        **accuracy(pruned, data.test, config.test_limit),
         "model_dir": model_dir.name,
         "prune": pr.to_dict(),
         "finetune": ft.to_dict(),
@@ -164,7 +171,34 @@ def run(config: RunConfig, log=None) -> dict:
     return report
 
 
-def _accuracy(module: ForecastModule, windows, limit: int | None) -> dict:
+def full_finetune(
+    original: ForecastModule, data: PreparedData, config: FinetuneConfig
+) -> tuple[ForecastModule, FinetuneReport]:
+    """The baseline pruning has to beat: a copy of ``original`` fine-tuned on the truth alone."""
+    full = copy.deepcopy(original)
+    return full, finetune(full, data.train, data.val, config)
+
+
+def prune_finetune(
+    original: ForecastModule,
+    data: PreparedData,
+    prune_config: PruneConfig,
+    finetune_config: FinetuneConfig,
+    on_pruned=None,
+) -> tuple[ForecastModule, PruneReport, FinetuneReport]:
+    """The pruned variant: a copy of ``original`` pruned to ``prune_config.budget``, then fine-tuned
+    with ``original`` as teacher. ``on_pruned`` is called between the two (progress logging).
+    One function, so ``prunecast run`` and the benchmark grid train the same variant."""
+    pruned = copy.deepcopy(original)
+    pr = prune(pruned, data.train, data.val, prune_config)
+    if on_pruned is not None:
+        on_pruned()
+    ft = finetune(pruned, data.train, data.val, finetune_config, teacher=original)
+    return pruned, pr, ft
+
+
+def accuracy(module: ForecastModule, windows, limit: int | None = None) -> dict:
+    """Test MSE/MAE of ``module`` (first ``limit`` windows), its size, cost and forecast head."""
     metrics = evaluate(module, windows, limit=limit)
     return {
         **metrics.to_dict(),

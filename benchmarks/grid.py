@@ -1,0 +1,629 @@
+"""The paper's benchmark grid (issue 15): datasets x horizons x variants x seeds, and zero-shot transfer.
+
+Each cell is one (dataset, horizon, variant, seed): test MSE/MAE on the scaled test split, the
+model's parameters and MACs (batch 1), and the cell's wall time. The variants are the three rows
+``prunecast run --compare-full-finetune`` reports, trained by the same functions
+(:func:`prunecast.pipeline.job.full_finetune` and :func:`~prunecast.pipeline.job.prune_finetune`
+at the default budget and settings):
+
+- ``zero_shot``: the checkpoint as it is (past its native horizon, its head rolled out). It
+  involves no randomness, so it has one cell per dataset x horizon, seed 0.
+- ``full_finetune``: every weight fine-tuned on the truth.
+- ``pruned_finetune``: pruned to the default latency budget, fine-tuned distilling from the original.
+
+Zero-shot transfer: the pruned model a ``pruned_finetune`` cell trained (cached in ``--work-dir``)
+is evaluated, without further training, on another dataset's test split at the same horizon,
+against the original model's zero-shot cell on that dataset.
+
+Resumable: ``benchmarks/results/grid.json`` holds every finished cell under
+``"dataset|horizon|variant|seed"`` (transfers under ``"source->target|horizon|seed"``); a cell
+already there is skipped, and the file is replaced atomically after every cell, so an interrupted
+run keeps what it finished and the next one carries on. ``--max-minutes`` stops before a cell
+whose estimated time (the longest finished cell of the same dataset and variant, else of the same
+variant) would pass it. Every run renders ``grid.md`` (the paper's layout: rows dataset x horizon
+and each dataset's average, MSE and MAE per variant, the best of each row in bold) and
+``grid.png`` from everything in the file.
+
+    flock /tmp/prunecast-bench.lock python benchmarks/grid.py --datasets ETTh1 --horizons 96 --seeds 0
+    flock /tmp/prunecast-bench.lock python benchmarks/grid.py --max-minutes 50   # as much as fits
+    python benchmarks/grid.py --render          # only re-render grid.md / grid.png from grid.json
+
+Dataset names ``ETTh1``, ``ETTm1`` and ``weather`` mean the files under ``--data-dir`` (the
+shared benchmark data); any other value is a CSV path, named by its file stem.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import statistics
+import sys
+import tempfile
+import time
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field, replace
+from datetime import datetime, timezone
+from pathlib import Path
+
+import torch
+
+from prunecast.common.defaults import DEFAULT_MODEL
+from prunecast.compress import FinetuneConfig, PruneConfig, load_model, save_model
+from prunecast.data import TimeAxisPolicy, prepare_windows
+from prunecast.data.windows import PreparedData
+from prunecast.pipeline.job import accuracy, full_finetune, prune_finetune
+
+RESULTS = Path(__file__).resolve().parent / "results"
+DATA_DIR = Path(
+    os.environ.get("PRUNECAST_DATA_DIR", Path(__file__).resolve().parents[1].parent / "shared" / "data")
+)
+SHARED_FILES = {
+    "ETTh1": "ETT-small/ETTh1.csv",
+    "ETTm1": "ETT-small/ETTm1.csv",
+    "weather": "weather/weather.csv",
+}
+HORIZONS = (96, 192, 336, 720)
+VARIANTS = ("zero_shot", "full_finetune", "pruned_finetune")
+LABELS = {"zero_shot": "zero-shot", "full_finetune": "full fine-tune", "pruned_finetune": "prune + fine-tune"}
+TRANSFERS = (("ETTh1", "ETTm1"), ("ETTm1", "ETTh1"), ("ETTh1", "weather"))
+PUBLISHED = {
+    ("ETTh1", 96): {"PatchTST": 0.370, "DLinear": 0.375},
+    ("ETTm1", 96): {"PatchTST": 0.290, "DLinear": 0.299},
+    ("weather", 96): {"PatchTST": 0.149, "DLinear": 0.176},
+}
+"""Published test MSE (scaled) from ../shared/data/README.md; only horizon 96 is listed there."""
+TIME_AXIS = {"weather": TimeAxisPolicy(duplicates="first", fill="interpolate")}
+"""The loader's explicit opt-ins per shared file: weather.csv as shipped repeats 2020-05-12 06:00
+(identical rows; the first is kept) and misses the 10-minute stamps before 2020-05-29 09:40."""
+NOTES = [
+    "weather.csv is read with --duplicates first --fill interpolate: it repeats one timestamp "
+    "(2020-05-12 06:00, identical rows) and misses the 10-minute stamps before 2020-05-29 09:40.",
+]
+
+
+@dataclass
+class GridConfig:
+    """What to run and where the results go."""
+
+    datasets: dict[str, Path]
+    """Name (the table's row label) -> CSV path."""
+    horizons: tuple[int, ...] = HORIZONS
+    seeds: tuple[int, ...] = (0,)
+    variants: tuple[str, ...] = VARIANTS
+    transfers: tuple[tuple[str, str], ...] = TRANSFERS
+    """(source, target) pairs; a pair runs where its source is in ``datasets`` and its target is
+    there or in ``targets``."""
+    targets: dict[str, Path] = field(default_factory=dict)
+    """Transfer targets outside the grid's datasets (their zero-shot cells run, nothing else)."""
+    model: str = DEFAULT_MODEL
+    revision: str | None = None
+    prune: PruneConfig = field(default_factory=PruneConfig)
+    finetune: FinetuneConfig = field(default_factory=FinetuneConfig)
+    test_limit: int | None = None
+    """Evaluate only the first N test windows (quick runs); None: the whole test split."""
+    results: Path = RESULTS / "grid.json"
+    work_dir: Path = Path(tempfile.gettempdir()) / "prunecast-grid"
+    """Where the pruned models live between their cell and the transfers that reuse them."""
+    max_minutes: float | None = None
+
+
+@dataclass(frozen=True)
+class Task:
+    """One cell: a grid cell (``target`` None) or a transfer of ``dataset``'s pruned model to ``target``."""
+
+    dataset: str
+    horizon: int
+    variant: str
+    seed: int
+    target: str | None = None
+
+    @property
+    def key(self) -> str:
+        if self.target is not None:
+            return f"{self.dataset}->{self.target}|{self.horizon}|{self.seed}"
+        return f"{self.dataset}|{self.horizon}|{self.variant}|{self.seed}"
+
+    @property
+    def section(self) -> str:
+        return "transfer" if self.target is not None else "cells"
+
+
+def plan(config: GridConfig) -> list[Task]:
+    """Every cell in run order: per dataset and horizon, zero-shot once, then each seed's trained
+    variants. A transfer runs as soon as both its ends are done (the source's pruned cell and the
+    target's zero-shot, which it is compared against); a target outside the grid's datasets (only
+    its zero-shot is needed) comes after all the grid's cells."""
+    grid: list[Task] = []
+    for name in config.datasets:
+        for horizon in config.horizons:
+            for seed in config.seeds:
+                for variant in config.variants:
+                    if variant != "zero_shot" or seed == config.seeds[0]:
+                        grid.append(Task(name, horizon, variant, 0 if variant == "zero_shot" else seed))
+    position = {t.key: i for i, t in enumerate(grid)}
+    after: dict[str, list[Task]] = {}
+    tail: list[Task] = []
+    for source, target in config.transfers:
+        if source not in config.datasets or target not in {**config.datasets, **config.targets}:
+            continue
+        for horizon in config.horizons:
+            for seed in config.seeds:
+                zero = Task(target, horizon, "zero_shot", 0)
+                ends = [Task(source, horizon, "pruned_finetune", seed).key, zero.key]
+                move = Task(source, horizon, "pruned_finetune", seed, target=target)
+                if all(key in position for key in ends):
+                    after.setdefault(max(ends, key=position.__getitem__), []).append(move)
+                else:
+                    tail += [zero, move]
+    tasks = [task for cell in grid for task in (cell, *after.get(cell.key, ()))] + tail
+    seen: set[str] = set()
+    return [t for t in tasks if not (t.key in seen or seen.add(t.key))]
+
+
+def model_dir(config: GridConfig, dataset: str, horizon: int, seed: int) -> Path:
+    return config.work_dir / f"{dataset}-h{horizon}-s{seed}-pruned"
+
+
+class Grid:
+    """The results file and the runs that fill it."""
+
+    def __init__(self, config: GridConfig, log: Callable[[str], None] = print):
+        self.config = config
+        self.log = log
+        self.results = load_results(config)
+        self._data: dict[tuple[str, int], PreparedData] = {}
+
+    def run(self) -> list[str]:
+        """Run every planned cell not yet in the results; returns the keys run this time."""
+        config = self.config
+        started = time.monotonic()
+        deadline = None if config.max_minutes is None else started + 60 * config.max_minutes
+        record = {
+            "started_utc": _utc(),
+            "loadavg_before": os.getloadavg(),
+            "torch_threads": torch.get_num_threads(),
+            "cells": [],
+        }
+        self.results["runs"].append(record)
+        done: list[str] = []
+        for task in plan(config):
+            if task.key in self.results[task.section]:
+                continue
+            if (
+                task.target is not None
+                and not model_dir(config, task.dataset, task.horizon, task.seed).is_dir()
+            ):
+                self.log(
+                    f"skip {task.key}: the source's pruned model is not in {config.work_dir} (rerun its cell)"
+                )
+                continue
+            estimate = self.estimate(task)
+            if deadline is not None and time.monotonic() + estimate > deadline:
+                self.log(f"stopping before {task.key}: about {estimate:.0f} s would pass --max-minutes")
+                record["stopped_before"] = task.key
+                break
+            self.log(f"{task.key}: running (load {os.getloadavg()[0]:.2f})")
+            cell = self.run_task(task)
+            self.results[task.section][task.key] = cell
+            record["cells"].append(task.key)
+            record["loadavg_after"] = os.getloadavg()
+            record["minutes"] = round((time.monotonic() - started) / 60, 2)
+            self.save()
+            done.append(task.key)
+            self.log(f"{task.key}: MSE {cell['mse']:.4f} MAE {cell['mae']:.4f} in {cell['seconds']:.0f} s")
+        record["loadavg_after"] = os.getloadavg()
+        self.save(plot_too=True)
+        return done
+
+    def estimate(self, task: Task) -> float:
+        """Seconds ``task`` will likely take: the longest finished cell most like it, else 0."""
+        section = self.results[task.section].values()
+        same_kind = [c for c in section if c["variant"] == task.variant]
+        for pool in (
+            [c for c in same_kind if c["dataset"] == task.dataset and c["horizon"] == task.horizon],
+            [c for c in same_kind if c["dataset"] == task.dataset],
+            same_kind,
+        ):
+            if pool:
+                return max(c["seconds"] for c in pool)
+        return 0.0
+
+    def data(self, name: str, context_length: int, horizon: int) -> PreparedData:
+        key = (name, horizon)
+        if key not in self._data:
+            paths = {**self.config.targets, **self.config.datasets}
+            policy = TIME_AXIS.get(name, TimeAxisPolicy())
+            self._data[key] = prepare_windows(paths[name], context_length, horizon, policy=policy)
+        return self._data[key]
+
+    def run_task(self, task: Task) -> dict:
+        config = self.config
+        loadavg = os.getloadavg()
+        start = time.perf_counter()
+        torch.manual_seed(task.seed)
+        extra: dict = {}
+        if task.target is not None:
+            module = load_model(model_dir(config, task.dataset, task.horizon, task.seed))
+            data = self.data(task.target, module.context_length, task.horizon)
+        else:
+            original = load_model(config.model, horizon=task.horizon, revision=config.revision)
+            data = self.data(task.dataset, original.context_length, task.horizon)
+            module = original
+            ft_cfg = replace(config.finetune, seed=task.seed)
+            if task.variant == "full_finetune":
+                module, ft = full_finetune(original, data, ft_cfg)
+                extra["finetune"] = _finetune_summary(ft.to_dict())
+            elif task.variant == "pruned_finetune":
+                prune_cfg = replace(config.prune, seed=task.seed)
+                module, pr, ft = prune_finetune(original, data, prune_cfg, ft_cfg)
+                extra["prune"] = _prune_summary(pr.to_dict())
+                extra["finetune"] = _finetune_summary(ft.to_dict())
+                save_model(
+                    module,
+                    model_dir(config, task.dataset, task.horizon, task.seed),
+                    metadata={
+                        "source_model": config.model,
+                        "revision": config.revision,
+                        "grid_cell": task.key,
+                    },
+                )
+        metrics = accuracy(module, data.test, config.test_limit)
+        return {
+            "dataset": task.dataset,
+            **({"target": task.target} if task.target is not None else {}),
+            "horizon": task.horizon,
+            "variant": task.variant,
+            "seed": task.seed,
+            "data": str(data.benchmark.path),
+            **metrics,
+            "seconds": round(time.perf_counter() - start, 1),
+            "finished_utc": _utc(),
+            "loadavg_before": loadavg,
+            **extra,
+        }
+
+    def save(self, plot_too: bool = False) -> None:
+        """The JSON (atomically) and ``grid.md`` after every cell; the plot, which takes seconds, at the end."""
+        save_results(self.results, self.config.results)
+        render(self.results, self.config.results, plot_too)
+
+
+# --- the results file
+
+
+def _settings(config: GridConfig) -> dict:
+    """What must match for cells of two runs to sit in one file."""
+    return {
+        "model": config.model,
+        "revision": config.revision,
+        "test_limit": config.test_limit,
+        "prune": asdict(replace(config.prune, seed=0, show_progress=None)),
+        "finetune": asdict(replace(config.finetune, seed=0, show_progress=None)),
+    }
+
+
+def load_results(config: GridConfig) -> dict:
+    """The results so far, or a fresh file; refuses a file made with other settings, whose cells
+    would not be comparable with the new ones."""
+    settings = json.loads(json.dumps(_settings(config)))
+    if not config.results.exists():
+        return {
+            "benchmark": "prunecast benchmark grid (issue 15): test MSE/MAE on the scaled test split",
+            "machine": f"{platform.processor() or platform.machine()}, {os.cpu_count()} CPU cores "
+            "(shared with other jobs: see each cell's loadavg_before)",
+            "settings": settings,
+            "notes": NOTES,
+            "published": {f"{d}|{h}": v for (d, h), v in PUBLISHED.items()},
+            "cells": {},
+            "transfer": {},
+            "runs": [],
+        }
+    results = json.loads(config.results.read_text())
+    if results.get("settings") != settings:
+        raise SystemExit(
+            f"{config.results} was made with other settings than this run's (model, revision, test limit, "
+            f"prune or fine-tune configuration); pass --results for a new file.\n"
+            f"file: {json.dumps(results.get('settings'))}\nthis run: {json.dumps(settings)}"
+        )
+    return results
+
+
+def save_results(results: dict, path: Path) -> None:
+    """Write ``results`` atomically: a reader (or an interrupted run) sees the old file or the new."""
+    _replace(path, lambda f: f.write(json.dumps(results, indent=1, default=str) + "\n"))
+
+
+def _replace(path: Path, write: Callable) -> None:
+    """Call ``write`` on a temporary file beside ``path``, then rename it over ``path``."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.stem}.", suffix=path.suffix)
+    try:
+        with os.fdopen(fd, "wb" if path.suffix == ".png" else "w") as f:
+            write(f)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def _prune_summary(report: dict) -> dict:
+    keep = ("params_before", "params_after", "macs_before", "macs_after", "val_loss_before", "val_loss_after")
+    return {
+        **{k: report[k] for k in keep},
+        "seconds": report["seconds"],
+        "steps": len(report["steps"]),
+        "macs_reduction": report["macs_reduction"],
+    }
+
+
+def _finetune_summary(report: dict) -> dict:
+    return {k: v for k, v in report.items() if k != "config"}
+
+
+def _utc() -> str:
+    return datetime.now(timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+# --- the table and the plot
+
+
+def aggregate(cells: dict) -> dict[tuple[str, int, str], dict]:
+    """Mean and std over seeds per (dataset, horizon, variant)."""
+    groups: dict[tuple[str, int, str], list[dict]] = {}
+    for cell in cells.values():
+        groups.setdefault((cell["dataset"], cell["horizon"], cell["variant"]), []).append(cell)
+    out = {}
+    for key, group in groups.items():
+        mses, maes = [c["mse"] for c in group], [c["mae"] for c in group]
+        out[key] = {
+            "mse": statistics.mean(mses),
+            "mae": statistics.mean(maes),
+            "mse_std": statistics.stdev(mses) if len(mses) > 1 else 0.0,
+            "seeds": len(group),
+            "seconds": statistics.mean(c["seconds"] for c in group),
+            "params": group[0]["params"],
+            "macs": group[0]["macs"],
+        }
+    return out
+
+
+def _bold_row(values: list[float | None]) -> list[str]:
+    """Four decimals, the smallest (all ties) in bold, a dash where missing."""
+    present = [round(v, 4) for v in values if v is not None]
+    best = min(present) if present else None
+    out = []
+    for v in values:
+        if v is None:
+            out.append("–")
+        else:
+            text = f"{v:.4f}"
+            out.append(f"**{text}**" if len(present) > 1 and round(v, 4) == best else text)
+    return out
+
+
+def grid_table(results: dict) -> list[str]:
+    """The paper's layout: a row per dataset x horizon plus each dataset's average over the horizons
+    every variant has; MSE and MAE per variant, the best of each row in bold (published references
+    alongside, not bolded: they are other models)."""
+    agg = aggregate(results["cells"])
+    datasets = list(dict.fromkeys(d for d, _, _ in agg))
+    variants = [v for v in VARIANTS if any(k[2] == v for k in agg)]
+    refs = sorted({name for v in results.get("published", {}).values() for name in v})
+    header = ["dataset", "horizon"]
+    for v in variants:
+        header += [f"{LABELS[v]} MSE", f"{LABELS[v]} MAE"]
+    header += [f"{r} MSE (published)" for r in refs] + ["seeds"]
+    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+
+    def row(label: str, horizon: str, stats: list[dict | None], published: dict, seeds: str) -> str:
+        mses = _bold_row([s["mse"] if s else None for s in stats])
+        maes = _bold_row([s["mae"] if s else None for s in stats])
+        cells = [label, horizon] + [x for pair in zip(mses, maes, strict=True) for x in pair]
+        cells += [f"{published[r]:.3f}" if r in published else "–" for r in refs] + [seeds]
+        return "| " + " | ".join(cells) + " |"
+
+    for dataset in datasets:
+        horizons = sorted({h for d, h, _ in agg if d == dataset})
+        for h in horizons:
+            stats = [agg.get((dataset, h, v)) for v in variants]
+            seeds = "/".join(str(s["seeds"]) if s else "0" for s in stats)
+            published = results.get("published", {}).get(f"{dataset}|{h}", {})
+            lines.append(row(dataset, str(h), stats, published, seeds))
+        complete = [h for h in horizons if all((dataset, h, v) in agg for v in variants)]
+        if complete:
+            mean = [
+                {k: statistics.mean(agg[(dataset, h, v)][k] for h in complete) for k in ("mse", "mae")}
+                for v in variants
+            ]
+            label = "avg" if len(complete) == len(HORIZONS) else f"avg of {', '.join(map(str, complete))}"
+            lines.append(row(f"**{dataset}**", label, mean, {}, ""))
+    return lines
+
+
+def transfer_table(results: dict) -> list[str]:
+    """Per source -> target and horizon: the original model's zero-shot on the target against the
+    source's pruned + fine-tuned model applied there untrained (best in bold), with the target's own
+    pruned + fine-tuned model as the in-domain reference (not bolded)."""
+    agg = aggregate(results["cells"])
+    groups: dict[tuple[str, str, int], list[dict]] = {}
+    for cell in results["transfer"].values():
+        groups.setdefault((cell["dataset"], cell["target"], cell["horizon"]), []).append(cell)
+    header = [
+        "source → target",
+        "horizon",
+        "original zero-shot MSE",
+        "original zero-shot MAE",
+        "pruned on source, transferred MSE",
+        "pruned on source, transferred MAE",
+        "pruned on target (in-domain) MSE",
+        "seeds",
+    ]
+    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    for (source, target, h), group in sorted(groups.items()):
+        zero = agg.get((target, h, "zero_shot"))
+        moved = {k: statistics.mean(c[k] for c in group) for k in ("mse", "mae")}
+        mses = _bold_row([zero["mse"] if zero else None, moved["mse"]])
+        maes = _bold_row([zero["mae"] if zero else None, moved["mae"]])
+        own = agg.get((target, h, "pruned_finetune"))
+        lines.append(
+            "| "
+            + " | ".join(
+                [f"{source} → {target}", str(h), mses[0], maes[0], mses[1], maes[1]]
+                + [f"{own['mse']:.4f}" if own else "–", str(len(group))]
+            )
+            + " |"
+        )
+    return lines
+
+
+def render(results: dict, json_path: Path, plot_too: bool = True) -> None:
+    """``grid.md`` (and ``grid.png`` with ``plot_too``) beside ``json_path``, from every cell in ``results``."""
+    loads = [r["loadavg_before"][0] for r in results["runs"] if r.get("cells")]
+    lines = [
+        "# Benchmark grid: TTM r2, test MSE / MAE on the scaled test split",
+        "",
+        f"Model `{results['settings']['model']}` (revision {results['settings']['revision'] or 'main'}), "
+        f"prune budget {results['settings']['prune']['budget']} of {results['settings']['prune']['target']}; "
+        "means over seeds (the seeds column: cells averaged per variant, in column order). Best of each "
+        "row in bold among the variants. Written by "
+        "`benchmarks/grid.py` from `grid.json`.",
+        "",
+        *grid_table(results),
+        "",
+    ]
+    if results["transfer"]:
+        lines += ["## Zero-shot transfer", "", *transfer_table(results), ""]
+    lines += [
+        "## Timing",
+        "",
+        "| dataset | horizon | variant | seconds per cell (mean) | params | MACs |",
+        "|---|---|---|---|---|---|",
+    ]
+    for (d, h, v), s in aggregate(results["cells"]).items():
+        lines.append(f"| {d} | {h} | {LABELS[v]} | {s['seconds']:.0f} | {s['params']:,} | {s['macs']:,} |")
+    lines += [
+        "",
+        f"Machine: {results['machine']}; load average (1 min) at the start of each run: "
+        f"{', '.join(f'{x:.2f}' for x in loads) or '–'}.",
+        "",
+        *[f"- {note}" for note in results.get("notes", [])],
+        "",
+    ]
+    _replace(json_path.with_suffix(".md"), lambda f: f.write("\n".join(lines)))
+    if plot_too and results["cells"]:
+        plot(results, json_path.with_suffix(".png"))
+
+
+def plot(results: dict, path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    agg = aggregate(results["cells"])
+    datasets = list(dict.fromkeys(d for d, _, _ in agg))
+    fig, axes = plt.subplots(1, len(datasets), figsize=(4.5 * len(datasets), 3.8), squeeze=False)
+    for ax, dataset in zip(axes[0], datasets, strict=True):
+        for variant in VARIANTS:
+            points = sorted((h, s) for (d, h, v), s in agg.items() if d == dataset and v == variant)
+            if points:
+                ax.errorbar(
+                    [h for h, _ in points],
+                    [s["mse"] for _, s in points],
+                    yerr=[s["mse_std"] for _, s in points],
+                    marker="o",
+                    capsize=3,
+                    label=LABELS[variant],
+                )
+        published = results.get("published", {}).get(f"{dataset}|96", {})
+        for (name, mse), marker in zip(published.items(), "xd", strict=False):
+            ax.scatter([96], [mse], marker=marker, color="0.3", label=f"{name} (published)")
+        ax.set_xscale("log")
+        ax.set_xticks(HORIZONS, [str(h) for h in HORIZONS])
+        ax.minorticks_off()
+        ax.set_xlabel("horizon")
+        ax.set_ylabel("test MSE (scaled)")
+        ax.set_title(dataset)
+        ax.legend(fontsize=7)
+    fig.tight_layout()
+    _replace(path, lambda f: fig.savefig(f, dpi=110, format="png"))
+    plt.close(fig)
+
+
+# --- command line
+
+
+def resolve_datasets(values: list[str], data_dir: Path) -> dict[str, Path]:
+    out: dict[str, Path] = {}
+    for value in values:
+        path = data_dir / SHARED_FILES[value] if value in SHARED_FILES else Path(value)
+        if not path.is_file():
+            raise SystemExit(f"{path}: no such CSV (dataset {value!r}; --data-dir is {data_dir})")
+        name = value if value in SHARED_FILES else path.stem
+        if name in out:
+            raise SystemExit(f"two datasets named {name!r}: {out[name]} and {path}")
+        out[name] = path
+    return out
+
+
+def parse_transfer(value: str) -> tuple[str, str]:
+    source, sep, target = value.partition(":")
+    if not sep or not source or not target:
+        raise argparse.ArgumentTypeError(f"expected SOURCE:TARGET, got {value!r}")
+    return source, target
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("--datasets", nargs="+", default=list(SHARED_FILES), help="names or CSV paths")
+    parser.add_argument(
+        "--data-dir", type=Path, default=DATA_DIR, help=f"shared benchmark data (default {DATA_DIR})"
+    )
+    parser.add_argument("--horizons", type=int, nargs="+", default=list(HORIZONS))
+    parser.add_argument("--seeds", type=int, nargs="+", default=[0])
+    parser.add_argument("--variants", nargs="+", choices=VARIANTS, default=list(VARIANTS))
+    parser.add_argument(
+        "--transfers",
+        type=parse_transfer,
+        nargs="*",
+        default=list(TRANSFERS),
+        help="SOURCE:TARGET pairs (default ETTh1:ETTm1 ETTm1:ETTh1 ETTh1:weather; none: no transfers)",
+    )
+    parser.add_argument("--model", default=DEFAULT_MODEL)
+    parser.add_argument("--revision", default=None)
+    parser.add_argument("--test-limit", type=int, default=None, help="only the first N test windows")
+    parser.add_argument("--results", type=Path, default=RESULTS / "grid.json")
+    parser.add_argument("--work-dir", type=Path, default=GridConfig.work_dir, help="cache of pruned models")
+    parser.add_argument("--max-minutes", type=float, default=None, help="start no cell that would pass this")
+    parser.add_argument("--render", action="store_true", help="only re-render grid.md and grid.png")
+    args = parser.parse_args(argv)
+    if args.render:
+        render(json.loads(args.results.read_text()), args.results)
+        return 0
+    datasets = resolve_datasets(args.datasets, args.data_dir)
+    targets = {t for _, t in args.transfers if t not in datasets and t in SHARED_FILES}
+    config = GridConfig(
+        datasets=datasets,
+        targets=resolve_datasets(sorted(targets), args.data_dir),
+        horizons=tuple(args.horizons),
+        seeds=tuple(args.seeds),
+        variants=tuple(args.variants),
+        transfers=tuple(args.transfers),
+        model=args.model,
+        revision=args.revision,
+        test_limit=args.test_limit,
+        results=args.results,
+        work_dir=args.work_dir,
+        max_minutes=args.max_minutes,
+    )
+    done = Grid(config, log=lambda m: print(m, file=sys.stderr, flush=True)).run()
+    print(json.dumps({"ran": done, "results": str(config.results)}))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,147 @@
+"""benchmarks/grid.py on a tiny random TTM: each variant's cell, a transfer, resuming, the table."""
+
+import importlib.util
+import json
+import sys
+from dataclasses import replace
+
+import pytest
+import torch
+
+from prunecast.compress import FinetuneConfig, PruneConfig, load_model
+from prunecast.data import prepare_windows
+from prunecast.evaluate import evaluate
+from prunecast.models.ttm import TTMAdapter
+
+from .conftest import REPO, small_ttm_config, write_csv
+
+spec = importlib.util.spec_from_file_location("prunecast_bench_grid", REPO / "benchmarks" / "grid.py")
+grid = sys.modules["prunecast_bench_grid"] = importlib.util.module_from_spec(spec)
+spec.loader.exec_module(grid)
+
+L, H, LIMIT = 64, 16, 96
+
+
+@pytest.fixture
+def config(tmp_path):
+    torch.manual_seed(0)
+    TTMAdapter().from_config(small_ttm_config(L, H), L, H).model.save_pretrained(tmp_path / "ttm")
+    return grid.GridConfig(
+        datasets={"a": write_csv(tmp_path / "a.csv", rows=900, columns=2)},
+        targets={"b": write_csv(tmp_path / "b.csv", rows=900, columns=2, seed=1)},
+        horizons=(H,),
+        transfers=(("a", "b"),),
+        model=str(tmp_path / "ttm"),
+        prune=PruneConfig(budget=0.6, macro_batch=16, micro_batch=16, val_windows=32, max_steps=1),
+        finetune=FinetuneConfig(lr=1e-3, epochs=1, windows_per_epoch=32, val_windows=32),
+        test_limit=LIMIT,
+        results=tmp_path / "out" / "grid.json",
+        work_dir=tmp_path / "work",
+    )
+
+
+def _test_mse(model, csv) -> float:
+    module = load_model(model, horizon=H)
+    return evaluate(module, prepare_windows(csv, L, H).test, limit=LIMIT).mse
+
+
+def test_grid_runs_each_variant_and_a_transfer_then_resumes(config):
+    ran = grid.Grid(config, log=lambda m: None).run()
+    assert ran == [
+        "a|16|zero_shot|0",
+        "a|16|full_finetune|0",
+        "a|16|pruned_finetune|0",
+        "b|16|zero_shot|0",
+    ] + ["a->b|16|0"]
+    results = json.loads(config.results.read_text())
+    cells = results["cells"]
+    zero, full, pruned = (cells[f"a|16|{v}|0"] for v in grid.VARIANTS)
+    assert zero["mse"] == pytest.approx(_test_mse(config.model, config.datasets["a"]))
+    assert cells["b|16|zero_shot|0"]["mse"] == pytest.approx(_test_mse(config.model, config.targets["b"]))
+    assert full["params"] == zero["params"] and full["mse"] != zero["mse"]
+    assert pruned["macs"] < zero["macs"] and pruned["prune"]["steps"] >= 1 and "lr" in pruned["finetune"]
+    assert {c["windows"] for c in cells.values()} == {LIMIT}
+    # the transfer evaluates the very model the pruned cell trained, on b's test split, untrained
+    source = grid.model_dir(config, "a", H, 0)
+    transfer = results["transfer"]["a->b|16|0"]
+    assert transfer["mse"] == pytest.approx(_test_mse(source, config.targets["b"]))
+    assert transfer["macs"] == pruned["macs"] and transfer["target"] == "b"
+    assert results["runs"][0]["cells"] == ran and len(results["runs"][0]["loadavg_before"]) == 3
+    assert config.results.with_suffix(".png").stat().st_size > 0
+    table = config.results.with_suffix(".md").read_text()
+    assert "| a | 16 |" in table and "a → b" in table
+    assert sorted(p.name for p in config.results.parent.iterdir()) == ["grid.json", "grid.md", "grid.png"]
+
+    # resumed: nothing is rerun, zero-shot not per seed (it has no randomness); a new seed's cell
+    # does not start past --max-minutes, judged by the seed-0 cell's time
+    assert grid.Grid(replace(config, seeds=(0, 1), variants=("zero_shot",)), log=lambda m: None).run() == []
+    more = replace(config, seeds=(0, 1), variants=("full_finetune",), max_minutes=0.0)
+    assert grid.Grid(more, log=lambda m: None).run() == []
+    after = json.loads(config.results.read_text())
+    assert after["runs"][-1]["stopped_before"] == "a|16|full_finetune|1" and after["cells"] == cells
+
+    with pytest.raises(SystemExit, match="other settings"):
+        grid.Grid(replace(config, prune=replace(config.prune, budget=0.5)))
+
+
+def test_plan_runs_a_transfer_once_both_its_ends_are_done(tmp_path):
+    config = grid.GridConfig(
+        datasets={"a": tmp_path / "a.csv", "b": tmp_path / "b.csv"},
+        targets={"c": tmp_path / "c.csv"},
+        horizons=(96,),
+        seeds=(0, 1),
+        transfers=(("a", "b"), ("b", "a"), ("a", "c"), ("a", "unknown")),
+    )
+    keys = [t.key for t in grid.plan(config)]
+    a = ["a|96|zero_shot|0", "a|96|full_finetune|0", "a|96|pruned_finetune|0"]
+    a += ["a|96|full_finetune|1", "a|96|pruned_finetune|1"]
+    b = ["b|96|zero_shot|0", "a->b|96|0", "a->b|96|1", "b|96|full_finetune|0", "b|96|pruned_finetune|0"]
+    b += ["b->a|96|0", "b|96|full_finetune|1", "b|96|pruned_finetune|1", "b->a|96|1"]
+    assert keys == a + b + ["c|96|zero_shot|0", "a->c|96|0", "a->c|96|1"]
+
+
+def _cell(dataset, horizon, variant, seed, mse, mae):
+    return {
+        "dataset": dataset,
+        "horizon": horizon,
+        "variant": variant,
+        "seed": seed,
+        "mse": mse,
+        "mae": mae,
+        "seconds": 1.0,
+        "params": 10,
+        "macs": 100,
+    }
+
+
+def test_table_bolds_the_best_of_each_row_and_averages_complete_horizons():
+    values = {
+        (96, "zero_shot"): (0.40, 0.41),
+        (96, "full_finetune"): (0.37, 0.43),
+        (96, "pruned_finetune"): (0.36, 0.42),
+        (192, "zero_shot"): (0.50, 0.45),
+        (192, "full_finetune"): (0.44, 0.47),
+        (192, "pruned_finetune"): (0.46, 0.48),
+        (336, "zero_shot"): (0.60, 0.50),
+    }
+    cells = {f"ETTh1|{h}|{v}|0": _cell("ETTh1", h, v, 0, mse, mae) for (h, v), (mse, mae) in values.items()}
+    cells["ETTh1|96|pruned_finetune|1"] = _cell("ETTh1", 96, "pruned_finetune", 1, 0.38, 0.42)  # mean 0.37
+    results = {"cells": cells, "transfer": {}, "published": {"ETTh1|96": {"PatchTST": 0.370}}}
+    rows = {line.split(" | ")[1]: line for line in grid.grid_table(results)[2:]}
+    assert rows["96"] == (
+        "| ETTh1 | 96 | 0.4000 | **0.4100** | **0.3700** | 0.4300 | **0.3700** | 0.4200 | 0.370 | 1/1/2 |"
+    )
+    assert rows["192"] == (
+        "| ETTh1 | 192 | 0.5000 | **0.4500** | **0.4400** | 0.4700 | 0.4600 | 0.4800 | – | 1/1/1 |"
+    )
+    assert "| ETTh1 | 336 | **0.6000** |" not in rows["336"] and "| 0.6000 | 0.5000 | – |" in rows["336"]
+    # the average covers only the horizons every variant has (96, 192), not 336
+    assert rows["avg of 96, 192"] == (
+        "| **ETTh1** | avg of 96, 192 | 0.4500 | **0.4300** | **0.4050** | 0.4500 | 0.4150 | 0.4500 | – |  |"
+    )
+    transfer = {
+        "ETTh1->ETTm1|96|0": {**_cell("ETTh1", 96, "pruned_finetune", 0, 0.33, 0.36), "target": "ETTm1"}
+    }
+    cells["ETTm1|96|zero_shot|0"] = _cell("ETTm1", 96, "zero_shot", 0, 0.34, 0.35)
+    line = grid.transfer_table({**results, "transfer": transfer})[2]
+    assert line == "| ETTh1 → ETTm1 | 96 | 0.3400 | **0.3500** | **0.3300** | 0.3600 | – | 1 |"
