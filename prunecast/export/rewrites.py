@@ -98,7 +98,8 @@ def fold_patch_transposes(model: onnx.ModelProto) -> int:
     tensor in it must be read only inside it or by a closing transpose, which is what makes
     computing the whole region in the un-transposed layout exact. In that layout a MatMul ``t @ W``
     becomes ``W^T @ x``, a constant is transposed on its last two axes, and a Softmax over the
-    last axis becomes one over the second-to-last. Run before the bias-into-Gemm rewrite, which
+    last axis becomes one over the second-to-last (as fast on onnxruntime, whole model, batch 256,
+    as the Softmax decomposed into ReduceMax / Exp / ReduceSum / Div). Run before the bias-into-Gemm rewrite, which
     would hide the MatMul + Add pattern."""
     index = _Index(model)
     folded = 0
@@ -114,7 +115,7 @@ def fold_patch_transposes(model: onnx.ModelProto) -> int:
         inner, exits = region
         replaced[id(node)] = []
         for member in inner:
-            replaced[id(member)] = [_untransposed(member, index)]
+            replaced[id(member)] = _untransposed(member, index)
             swapped.update(member.output)
         for closing in exits:
             if closing.output[0] in index.outputs:
@@ -187,14 +188,14 @@ def _last_axis_op(node: onnx.NodeProto, rank: int) -> bool:
     return False
 
 
-def _untransposed(node: onnx.NodeProto, index: _Index) -> onnx.NodeProto:
+def _untransposed(node: onnx.NodeProto, index: _Index) -> list[onnx.NodeProto]:
     """``node`` as it is computed on the un-transposed tensors of its region."""
     if node.op_type == "MatMul":
         weight = index.const(node.input[1])
         w_t = index.add_init(np.ascontiguousarray(weight.T), f"{node.input[1]}/T")
-        return helper.make_node("MatMul", [w_t, node.input[0]], list(node.output), name=node.name)
+        return [helper.make_node("MatMul", [w_t, node.input[0]], list(node.output), name=node.name)]
     if node.op_type == "Softmax":
-        return helper.make_node("Softmax", list(node.input), list(node.output), name=node.name, axis=-2)
+        return [helper.make_node("Softmax", list(node.input), list(node.output), name=node.name, axis=-2)]
     inputs = []
     for name in node.input:
         value = index.const(name)
@@ -206,7 +207,7 @@ def _untransposed(node: onnx.NodeProto, index: _Index) -> onnx.NodeProto:
     rewritten.CopyFrom(node)
     del rewritten.input[:]
     rewritten.input.extend(inputs)
-    return rewritten
+    return [rewritten]
 
 
 def transpose_unit_axes_to_reshape(model: onnx.ModelProto) -> int:
