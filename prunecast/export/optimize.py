@@ -11,7 +11,9 @@ two patterns of the dynamo exporter cost more there than they should:
   with a general power function; rewritten as ``Mul(x, x)``.
 
 On TTM r2 pruned to a latency budget of 0.12, batch 256, 2 threads, this took onnxruntime from
-24 ms to 16 ms. The rewrites use standard ONNX ops only (TensorRT parses them as well), keep
+24 ms to 16 ms. The layout and fusion rewrites of :mod:`prunecast.export.rewrites` (patch-mixer
+transposes folded, views for no-op copies, GELU in the form onnxruntime fuses) run with them,
+in the order of :data:`REWRITES`. The rewrites use standard ONNX ops only (TensorRT parses them as well), keep
 every tensor name the rest of the graph reads, and the export's parity check runs on the
 rewritten graph.
 """

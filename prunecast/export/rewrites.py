@@ -221,7 +221,7 @@ def transpose_unit_axes_to_reshape(model: onnx.ModelProto) -> int:
         shape = index.shapes.get(node.input[0]) if perm else None
         if not shape or len(shape) != len(perm) or perm[0] != 0:
             continue
-        if any(not isinstance(d, int) for d in shape[1:]):
+        if any(not isinstance(d, int) or d == 0 for d in shape[1:]):  # a literal 0 would mean "copy"
             continue
         moved = [axis for axis in perm if not (isinstance(shape[axis], int) and shape[axis] == 1)]
         if moved != sorted(moved):
