@@ -172,6 +172,17 @@ def test_gelu_is_reordered_into_the_form_onnxruntime_fuses(ttm_graph, tmp_path):
     _assert_same_outputs(raw, model)
 
 
+def test_scaler_sums_run_on_the_last_axis_of_a_view(ttm_graph):
+    _, raw = ttm_graph
+    model, counts = _rewritten(raw, ["reduce_on_last_axis"])
+    assert counts["reduce_on_last_axis"] == _ops(raw)["ReduceSum"] >= 2  # the std scaler's sums over time
+    assert _ops(model)["ReduceSum"] == _ops(raw)["ReduceSum"]
+    assert _ops(model)["Reshape"] == _ops(raw)["Reshape"] + 2 * counts["reduce_on_last_axis"]
+    inits = {i.name: numpy_helper.to_array(i).tolist() for i in model.graph.initializer}
+    assert all(inits[n.input[1]] == [-1] for n in model.graph.node if n.op_type == "ReduceSum")
+    _assert_same_outputs(raw, model)
+
+
 def test_reshape_chains_left_by_the_gemm_rewrite_merge(ttm_graph):
     _, raw = ttm_graph
     gemm, _ = _rewritten(raw, ["matmul_bias_to_gemm"])

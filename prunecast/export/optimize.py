@@ -33,6 +33,7 @@ REWRITES = (
     "gather_arange_to_reshape",
     "transpose_unit_axes_to_reshape",
     "drop_ones_mul",
+    "reduce_on_last_axis",
     "fold_patch_transposes",
     "merge_transposes",
     "gelu_for_fusion",

@@ -15,6 +15,9 @@ graph input and output name, and standard ONNX ops only (TensorRT parses the res
 - :func:`gelu_for_fusion`: the exporter writes GELU as ``(0.5 * (1 + erf(x / sqrt 2))) * x``, an
   order onnxruntime's Gelu fusion does not match; ``(x * (1 + erf(x / sqrt 2))) * 0.5`` it does.
 - :func:`drop_ones_mul`: TTM's scaler multiplies by an all-ones observed mask (``ones_like``).
+- :func:`reduce_on_last_axis`: the scaler's sums over time run on ``[batch, L, 1]``, reducing a
+  middle axis, which onnxruntime does about 10x slower than the same sum over the last axis of
+  the ``[batch, L]`` view.
 """
 
 from __future__ import annotations
@@ -402,6 +405,41 @@ def drop_ones_mul(model: onnx.ModelProto) -> int:
             rename[node.output[0]] = other
             break
     _apply(model, replaced, rename)
+    return len(replaced)
+
+
+REDUCE_OPS = {"ReduceSum", "ReduceMean", "ReduceMax", "ReduceMin"}
+
+
+def reduce_on_last_axis(model: onnx.ModelProto) -> int:
+    """``Reduce(x, [a], keepdims=1)`` with only static 1s after axis ``a`` becomes
+    ``Reshape -> Reduce(last axis) -> Reshape``: the same sums, a contiguous reduction, two views.
+
+    Only the opset-18 form with constant ``axes`` as an input; dims before ``a`` are copied with 0."""
+    index = _Index(model, shapes=True)
+    replaced = {}
+    for node in model.graph.node:
+        if node.op_type not in REDUCE_OPS or len(node.input) != 2 or not _attr(node, "keepdims", 1):
+            continue
+        axes, shape = index.const(node.input[1]), index.shapes.get(node.input[0])
+        if axes is None or axes.size != 1 or not shape or _attr(node, "noop_with_empty_axes", 0):
+            continue
+        axis = int(axes.reshape(())) % len(shape)
+        trailing = shape[axis + 1 :]
+        if not trailing or any(d != 1 for d in trailing):
+            continue
+        name = node.name or node.output[0]
+        last = index.add_init(np.array([-1], dtype=np.int64), "reduce/last_axis")
+        flat, reduced = f"{name}/flat", f"{name}/reduced"
+        attrs = {a.name: helper.get_attribute_value(a) for a in node.attribute}
+        replaced[id(node)] = [
+            _reshape(index, node.input[0], [0] * axis + [-1], flat, f"{name}/flatten"),
+            helper.make_node(node.op_type, [flat, last], [reduced], name=name, **attrs),
+            _reshape(
+                index, reduced, [0] * axis + [1] * (1 + len(trailing)), node.output[0], f"{name}/unflatten"
+            ),
+        ]
+    _apply(model, replaced, {})
     return len(replaced)
 
 
