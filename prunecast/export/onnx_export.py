@@ -55,7 +55,8 @@ class ExportConfig:
 
     opset: int = 18
     optimize: bool = True
-    """Apply the graph rewrites of :mod:`prunecast.export.optimize` (bias into Gemm, square as Mul)."""
+    """Apply the graph rewrites of :mod:`prunecast.export.optimize` (bias into Gemm, square as Mul,
+    patch-mixer transposes folded, GELU fusable; ``--no-optimize`` turns them all off)."""
     fp16: bool = False
     tolerance: float = 1e-4
     fp16_tolerance: float = 1e-2

@@ -11,23 +11,67 @@ two patterns of the dynamo exporter cost more there than they should:
   with a general power function; rewritten as ``Mul(x, x)``.
 
 On TTM r2 pruned to a latency budget of 0.12, batch 256, 2 threads, this took onnxruntime from
-24 ms to 16 ms. The rewrites use standard ONNX ops only (TensorRT parses them as well), keep
+24 ms to 16 ms. The layout and fusion rewrites of :mod:`prunecast.export.rewrites` (patch-mixer
+transposes folded, views for no-op copies, GELU in the form onnxruntime fuses) run with them,
+in the order of :data:`REWRITES`. The rewrites use standard ONNX ops only (TensorRT parses them as well), keep
 every tensor name the rest of the graph reads, and the export's parity check runs on the
 rewritten graph.
 """
 
 from __future__ import annotations
 
+from collections.abc import Collection
+
 import numpy as np
 import onnx
-from onnx import helper, numpy_helper, shape_inference
+from onnx import helper, numpy_helper
+
+from prunecast.export import rewrites as rewrites_module
+from prunecast.export.rewrites import static_shapes
+
+REWRITES = (
+    "gather_arange_to_reshape",
+    "transpose_unit_axes_to_reshape",
+    "drop_ones_mul",
+    "reduce_on_last_axis",
+    "fold_patch_transposes",
+    "merge_transposes",
+    "gelu_for_fusion",
+    "matmul_bias_to_gemm",
+    "square_to_mul",
+    "merge_reshapes",
+)
+"""Every rewrite, in the order applied: those that need the exporter's static shapes first (ONNX
+shape inference alone loses some, e.g. after a ReduceSum with its axes as an input); the
+transpose fold before the Gemm rewrite hides its MatMul + Add; the Reshape merge last."""
 
 
-def optimize_graph(model: onnx.ModelProto) -> tuple[onnx.ModelProto, dict[str, int]]:
-    """``model`` with the rewrites above applied (in place), and how often each applied."""
+def optimize_graph(
+    model: onnx.ModelProto, rewrites: Collection[str] = REWRITES
+) -> tuple[onnx.ModelProto, dict[str, int]]:
+    """``model`` with ``rewrites`` (names from :data:`REWRITES`) applied in place, in the order of
+    :data:`REWRITES`, and how often each applied (0 for one not asked for)."""
+    unknown = set(rewrites) - set(REWRITES)
+    if unknown:
+        raise ValueError(f"unknown graph rewrites {sorted(unknown)}; known: {list(REWRITES)}")
+    counts = dict.fromkeys(REWRITES, 0)
+    one_pass, done = {"matmul_bias_to_gemm", "square_to_mul"}, False
+    for name in REWRITES:
+        if name not in rewrites:
+            continue
+        if name not in one_pass:
+            counts[name] = getattr(rewrites_module, name)(model)
+        elif not done:  # both in one pass over the nodes, at the first of them asked for
+            counts.update(_bias_and_square(model, rewrites))
+            done = True
+    return model, counts
+
+
+def _bias_and_square(model: onnx.ModelProto, rewrites: Collection[str]) -> dict[str, int]:
+    """The bias-into-Gemm and square-as-Mul rewrites, in one pass over the nodes."""
     graph = model.graph
     initializers = {init.name: init for init in graph.initializer}
-    shapes = _static_shapes(model)
+    shapes = static_shapes(model)
     consumers: dict[str, list[onnx.NodeProto]] = {}
     for node in graph.node:
         for name in node.input:
@@ -40,13 +84,21 @@ def optimize_graph(model: onnx.ModelProto) -> tuple[onnx.ModelProto, dict[str, i
     for node in graph.node:
         if id(node) in dropped:
             continue
-        if node.op_type == "Pow" and _is_scalar(initializers.get(node.input[1]), 2.0):
+        if (
+            "square_to_mul" in rewrites
+            and node.op_type == "Pow"
+            and _is_scalar(initializers.get(node.input[1]), 2.0)
+        ):
             nodes.append(
                 helper.make_node("Mul", [node.input[0], node.input[0]], list(node.output), name=node.name)
             )
             counts["square_to_mul"] += 1
             continue
-        bias_add = _bias_add(node, initializers, consumers, graph_outputs)
+        bias_add = (
+            _bias_add(node, initializers, consumers, graph_outputs)
+            if "matmul_bias_to_gemm" in rewrites
+            else None
+        )
         gemm = _as_gemm(node, bias_add, initializers, shapes.get(node.input[0]), graph) if bias_add else None
         if gemm is not None:
             nodes.extend(gemm)
@@ -57,18 +109,7 @@ def optimize_graph(model: onnx.ModelProto) -> tuple[onnx.ModelProto, dict[str, i
     del graph.node[:]
     graph.node.extend(nodes)
     _drop_unused_initializers(graph)
-    return model, counts
-
-
-def _static_shapes(model: onnx.ModelProto) -> dict[str, list[int | None]]:
-    """Each tensor's shape from ONNX shape inference, ``None`` for a symbolic dim."""
-    inferred = shape_inference.infer_shapes(model).graph
-    shapes = {}
-    for value in [*inferred.value_info, *inferred.input, *inferred.output]:
-        tensor = value.type.tensor_type
-        if tensor.HasField("shape"):
-            shapes[value.name] = [d.dim_value if d.HasField("dim_value") else None for d in tensor.shape.dim]
-    return shapes
+    return counts
 
 
 def _is_scalar(init: onnx.TensorProto | None, value: float) -> bool:
@@ -100,7 +141,12 @@ def _as_gemm(matmul, add, initializers, x_shape, graph) -> list[onnx.NodeProto] 
     but the first (the batch) is static."""
     k, n = initializers[matmul.input[1]].dims
     bias = next(name for name in add.input if name != matmul.output[0])
-    if not x_shape or len(x_shape) < 2 or x_shape[-1] != k or any(d is None for d in x_shape[1:-1]):
+    if (
+        not x_shape
+        or len(x_shape) < 2
+        or x_shape[-1] != k
+        or any(not isinstance(d, int) for d in x_shape[1:-1])
+    ):
         return None
     inner = x_shape[1:-1]
     if len(x_shape) == 2:
