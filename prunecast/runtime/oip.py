@@ -217,7 +217,9 @@ def _binary_input(size, has_data: bool, binary: memoryview, framed: bool, count:
             f"malformed binary framing: binary_data_size says {size} bytes, but {len(binary)} bytes "
             f"follow the {HEADER_LENGTH}-byte JSON header"
         )
-    return np.frombuffer(binary, dtype=_WIRE)
+    # a copy, not a view: the tensor starts wherever the JSON header ends, and onnxruntime's
+    # vectorised reductions round differently on a misaligned buffer than on an aligned one
+    return np.frombuffer(binary, dtype=_WIRE).astype(np.float32)
 
 
 def _json_input(data, shape: list[int], count: int) -> np.ndarray:
