@@ -22,7 +22,7 @@ from prunecast.data.errors import DataError
 from prunecast.data.fill import FILLERS, fill_segments
 from prunecast.data.frequency import infer_frequencies
 from prunecast.data.tables import read_table
-from prunecast.data.timeaxis import parse_numbers, parse_timestamps, stamp, time_order
+from prunecast.data.timeaxis import parse_numbers, parse_timestamps, stamp
 
 __all__ = [
     "BUNDLED",
@@ -145,9 +145,10 @@ def load_benchmark(
         raise DataError(f"{where}: column {candidates[col]!r} has NaN at {at(int(row))}")
     rows = np.arange(len(t))
     notes: list[str] = []
-    order = time_order(np.zeros(len(t), dtype=np.int64), t)
-    if order is not None:
-        k = int(np.argmax(np.diff(t) < 0))
+    backwards = np.diff(t) < 0
+    if backwards.any():
+        k = int(np.argmax(backwards))
+        order = np.argsort(t, kind="stable")
         notes.append(
             f"{where}: rows are not in time order (data row {k + 2} at {stamp(t[k + 1], tz)} follows "
             f"{at(k)}); sorted by time"

@@ -301,7 +301,7 @@ def _runs(column: pd.Series) -> tuple[np.ndarray, pd.Index] | None:
         ids = column.to_numpy()
         starts = np.concatenate([[0], np.flatnonzero(ids[1:] != ids[:-1]) + 1]).astype(np.int64)
         return starts, pd.Index(column.iloc[starts])
-    if not hasattr(column.dtype, "__from_arrow__") or isinstance(column.dtype, pd.CategoricalDtype):
+    if not hasattr(column.dtype, "__from_arrow__"):
         return None
     import pyarrow as pa
     import pyarrow.compute as pc

@@ -21,7 +21,7 @@ import pandas as pd
 
 from prunecast.common.defaults import NAN_CONTEXT_FAMILIES
 from prunecast.common.progress import progress
-from prunecast.data.csv import DataError
+from prunecast.data.errors import DataError
 from prunecast.data.panel import Panel, PanelConfig, load_panel, read_panel
 from prunecast.data.tables import table_format, write_table
 from prunecast.export.manifest import FORECAST, QUANTILES

@@ -37,7 +37,7 @@ import numpy as np
 import pandas as pd
 
 from prunecast.data.columns import resolve_layout
-from prunecast.data.csv import DataError
+from prunecast.data.errors import DataError
 from prunecast.data.panel import PanelConfig, load_panel
 from prunecast.data.tables import CSV_SUFFIXES, PARQUET_SUFFIXES, table_format, write_table
 from prunecast.runtime.frame import ForecastOptions, check_request, forecast_panel
