@@ -143,24 +143,50 @@ def forecast_file(
     written = time.perf_counter()
     write_table(forecasts, out)
     seconds["write"] = time.perf_counter() - written
-    total = time.perf_counter() - start
-    summary = {
-        "data": str(data),
-        "out": str(out),
-        "model": forecaster.manifest.source_model,
-        "series": len(panel),
-        "rows_read": panel.rows,
-        "rows_written": len(forecasts),
-        "horizon": len(forecasts) // max(1, len(panel)),
-        "values_filled": int(panel.filled.sum()),
-        "fill": config.fill,
-        "seconds": round(total, 4),
-        "series_per_s": round(len(panel) / total, 1) if total > 0 else None,
-        "stage_seconds": {k: round(v, 4) for k, v in seconds.items()},
-    }
+    summary = run_summary(
+        str(data),
+        out,
+        len(panel),
+        panel.rows,
+        len(forecasts),
+        int(panel.filled.sum()),
+        config.fill,
+        time.perf_counter() - start,
+        seconds,
+        model=forecaster.manifest.source_model,
+    )
     if per_series_fill:
         summary["filled_per_series"] = panel.fill_report()
     return summary
+
+
+def run_summary(
+    data: str,
+    out: str | Path,
+    series: int,
+    rows_read: int,
+    rows_written: int,
+    filled: int,
+    fill: str,
+    total: float,
+    seconds: dict[str, float],
+    **first: object,
+) -> dict:
+    """The summary ``prunecast forecast`` prints, for either engine; ``first`` goes after data and out."""
+    return {
+        "data": data,
+        "out": str(out),
+        **first,
+        "series": series,
+        "rows_read": rows_read,
+        "rows_written": rows_written,
+        "horizon": rows_written // max(1, series),
+        "values_filled": filled,
+        "fill": fill,
+        "seconds": round(total, 4),
+        "series_per_s": round(series / total, 1) if total > 0 else None,
+        "stage_seconds": {k: round(v, 4) for k, v in seconds.items()},
+    }
 
 
 def _run(

@@ -40,7 +40,7 @@ from prunecast.data.columns import resolve_layout
 from prunecast.data.errors import DataError
 from prunecast.data.panel import PanelConfig, load_panel
 from prunecast.data.tables import CSV_SUFFIXES, PARQUET_SUFFIXES, table_format, write_table
-from prunecast.runtime.frame import ForecastOptions, check_request, forecast_panel
+from prunecast.runtime.frame import ForecastOptions, check_request, forecast_panel, run_summary
 
 if TYPE_CHECKING:
     import pyarrow as pa
@@ -161,7 +161,8 @@ def _forecast(
     ds = read(str(data), file_extensions=[s.lstrip(".") for s in suffixes])
     ds = _run(ds.materialize, where)
     schema = ds.schema()
-    if schema is None or ds.count() == 0:
+    rows = ds.count()  # a materialized dataset knows its row count
+    if schema is None or rows == 0:
         raise DataError(f"{where}: the table has no rows (empty series)")
     layout = resolve_layout(
         schema.names, config.id_column, config.timestamp_column, config.target_column, where
@@ -180,7 +181,6 @@ def _forecast(
             where,
         )[ident]
     )
-    rows = ds.count()
     seconds = {"read": time.perf_counter() - start}
     buckets = max(workers, math.ceil(len(ids) / SERIES_PER_BUCKET))
     resolved = replace(
@@ -205,20 +205,17 @@ def _forecast(
     collect = _collect_to_file if out.suffix else _write_directory
     rows_written, series_filled, written = collect(forecasts, out, ident, ids, where, seconds, forecast_start)
     seconds["write"] = time.perf_counter() - written
-    total = time.perf_counter() - start
-    summary = {
-        "data": where,
-        "out": str(out),
-        "series": len(ids),
-        "rows_read": rows,
-        "rows_written": rows_written,
-        "horizon": rows_written // len(ids),
-        "values_filled": int(sum(series_filled.values())),
-        "fill": config.fill,
-        "seconds": round(total, 4),
-        "series_per_s": round(len(ids) / total, 1) if total > 0 else None,
-        "stage_seconds": {k: round(v, 4) for k, v in seconds.items()},
-    }
+    summary = run_summary(
+        where,
+        out,
+        len(ids),
+        rows,
+        rows_written,
+        int(sum(series_filled.values())),
+        config.fill,
+        time.perf_counter() - start,
+        seconds,
+    )
     if per_series_fill:
         summary["filled_per_series"] = series_filled
     return summary
