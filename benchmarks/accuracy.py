@@ -41,7 +41,7 @@ from prunecast.evaluate import evaluate
 from prunecast.models import ForecastModule, load_pretrained
 
 LOAD_BEFORE: list[float] = []
-"""``os.getloadavg()`` when the run started (after taking the benchmark lock)."""
+"""``os.getloadavg()`` when the run started (run it under ``flock /tmp/prunecast-bench.lock``)."""
 RESULTS = Path(__file__).resolve().parent / "results"
 MODEL = "ibm-granite/granite-timeseries-ttm-r2"
 

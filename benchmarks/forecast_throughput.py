@@ -129,6 +129,7 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--out", type=Path, default=OUT)
     args = parser.parse_args()
+    load_before = os.getloadavg()
 
     models = {
         name: Forecaster.load(path, threads=args.threads)
@@ -162,7 +163,7 @@ def main() -> None:
     report = {
         "benchmark": "prunecast forecast end to end (forecast_file), Parquet in and out",
         "panel": {"series": args.series, "rows": len(panel), "files": sorted(FILES)},
-        "machine": {**machine_info(), "load_average_before": os.getloadavg()},
+        "machine": {**machine_info(), "load_average_before": load_before},
         "threads": args.threads,
         "rounds": args.rounds,
         "best_round_of_each": results,

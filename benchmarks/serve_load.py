@@ -23,7 +23,7 @@ batch 64 re-measured just before each concurrency level so the ratio compares fi
 side by side. Served forecasts of both protocols are checked against in-process ``predict``.
 Each server is stopped with SIGTERM.
 
-    python benchmarks/serve_load.py ART_DIR [ART_DIR ...] [--protocols v1 v2-binary]
+    flock /tmp/prunecast-bench.lock python benchmarks/serve_load.py ART_DIR [ART_DIR ...] [--protocols v1 v2-binary]
         [--concurrency 1 8 64 256] [--requests 3000] [--out benchmarks/results/serve_load_v2.json]
 
 ART_DIR comes from ``prunecast export``; each is labelled by its directory name. Writes the
