@@ -27,6 +27,7 @@ import onnx
 import torch
 
 from prunecast.data.csv import STRICT, TimeAxisPolicy
+from prunecast.data.windows import PreparedData, Windows
 from prunecast.export.graph import check_graph
 from prunecast.export.manifest import (
     BATCH_AXIS,
@@ -100,10 +101,13 @@ def export_onnx(module: ForecastModule, out_dir: str | Path, config: ExportConfi
         raise ExportError(f"{out_dir}: already exists and is not an empty directory; choose a new --out")
     out_dir.parent.mkdir(parents=True, exist_ok=True)
     module = module.eval()
-    contexts = parity_windows(config.data, module, max(config.batch_sizes), config.time_axis)
+    from prunecast.data import prepare_windows
+
+    # read once: its test windows check parity, and with --int8 its train/val windows calibrate and guard
+    data = prepare_windows(config.data, module.context_length, module.horizon, policy=config.time_axis)
     stage = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.", dir=out_dir.parent))
     try:
-        manifest = _build(module, stage, config, contexts)
+        manifest = _build(module, stage, config, data)
     except BaseException:
         shutil.rmtree(stage, ignore_errors=True)
         raise
@@ -114,8 +118,9 @@ def export_onnx(module: ForecastModule, out_dir: str | Path, config: ExportConfi
     return manifest
 
 
-def _build(module: ForecastModule, stage: Path, config: ExportConfig, contexts: np.ndarray) -> Manifest:
+def _build(module: ForecastModule, stage: Path, config: ExportConfig, data: PreparedData) -> Manifest:
     """Write and check every file of the artifact in ``stage``."""
+    contexts = spread_contexts(data.test, max(config.batch_sizes))
     onnx_path = stage / ONNX_NAME
     export_graph(module, onnx_path, config.opset)
     if config.optimize:
@@ -157,7 +162,7 @@ def _build(module: ForecastModule, stage: Path, config: ExportConfig, contexts: 
         files={ONNX_NAME: ""},  # hashed once every file is in place
     )
     if config.int8:
-        manifest = _quantize(module, stage, config, manifest)
+        manifest = _quantize(module, stage, config, manifest, data)
     from prunecast.compress import save_model
 
     save_model(module, stage / TORCH_DIR)
@@ -166,12 +171,12 @@ def _build(module: ForecastModule, stage: Path, config: ExportConfig, contexts: 
     return manifest
 
 
-def _quantize(module: ForecastModule, stage: Path, config: ExportConfig, manifest: Manifest) -> Manifest:
+def _quantize(
+    module: ForecastModule, stage: Path, config: ExportConfig, manifest: Manifest, data: PreparedData
+) -> Manifest:
     """Try INT8 on ``stage/model.onnx``; swap it in when the guard accepts, and record the attempt."""
-    from prunecast.data import prepare_windows
     from prunecast.export.int8 import quantize_with_guard
 
-    data = prepare_windows(config.data, module.context_length, module.horizon, policy=config.time_axis)
     with tempfile.TemporaryDirectory(prefix=".int8.", dir=stage.parent) as work:
         result = quantize_with_guard(stage / ONNX_NAME, Path(work), manifest, data, config.int8_config())
         if result.int8_path is not None:
@@ -232,9 +237,14 @@ def parity_windows(
     """``count`` real scaled test contexts spread evenly over the test split of ``data``."""
     from prunecast.data import prepare_windows
 
-    test = prepare_windows(data, module.context_length, module.horizon, policy=policy).test
-    indices = np.linspace(0, len(test) - 1, count).round().astype(np.int64)
-    contexts, _ = test.gather(indices)
+    return spread_contexts(
+        prepare_windows(data, module.context_length, module.horizon, policy=policy).test, count
+    )
+
+
+def spread_contexts(windows: Windows, count: int) -> np.ndarray:
+    """``count`` contexts of ``windows`` spread evenly from the first to the last."""
+    contexts, _ = windows.gather(np.linspace(0, len(windows) - 1, count).round().astype(np.int64))
     return contexts
 
 
