@@ -27,7 +27,7 @@ import onnx
 from onnx import helper, numpy_helper
 
 from prunecast.export import rewrites as rewrites_module
-from prunecast.export.rewrites import static_shapes
+from prunecast.export.rewrites import drop_unused_initializers, scalar_equals, static_shapes
 
 REWRITES = (
     "gather_arange_to_reshape",
@@ -108,15 +108,12 @@ def _bias_and_square(model: onnx.ModelProto, rewrites: Collection[str]) -> dict[
         nodes.append(node)
     del graph.node[:]
     graph.node.extend(nodes)
-    _drop_unused_initializers(graph)
+    drop_unused_initializers(graph)
     return counts
 
 
 def _is_scalar(init: onnx.TensorProto | None, value: float) -> bool:
-    if init is None:
-        return False
-    array = numpy_helper.to_array(init)
-    return array.size == 1 and float(array.reshape(())) == value
+    return init is not None and scalar_equals(numpy_helper.to_array(init), value)
 
 
 def _bias_add(node, initializers, consumers, graph_outputs) -> onnx.NodeProto | None:
@@ -172,10 +169,3 @@ def _as_gemm(matmul, add, initializers, x_shape, graph) -> list[onnx.NodeProto] 
 
 def _int64(values: list[int]) -> np.ndarray:
     return np.array(values, dtype=np.int64)
-
-
-def _drop_unused_initializers(graph: onnx.GraphProto) -> None:
-    used = {name for node in graph.node for name in node.input} | {out.name for out in graph.output}
-    kept = [init for init in graph.initializer if init.name in used]
-    del graph.initializer[:]
-    graph.initializer.extend(kept)

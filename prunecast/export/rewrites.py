@@ -358,7 +358,7 @@ def _gelu_half(node: onnx.NodeProto, index: _Index) -> onnx.NodeProto | None:
         if half is None or half.op_type != "Mul" or len(index.consumers.get(name, [])) != 1:
             continue
         consts = [index.const(n) for n in half.input]
-        if sum(c is not None for c in consts) != 1 or not _scalar_is(
+        if sum(c is not None for c in consts) != 1 or not scalar_equals(
             next(c for c in consts if c is not None), 0.5
         ):
             continue
@@ -367,18 +367,18 @@ def _gelu_half(node: onnx.NodeProto, index: _Index) -> onnx.NodeProto | None:
             continue
         erf = next((index.producer.get(n) for n in add.input if index.const(n) is None), None)
         one = next((index.const(n) for n in add.input if index.const(n) is not None), None)
-        if erf is None or erf.op_type != "Erf" or one is None or not _scalar_is(one, 1.0):
+        if erf is None or erf.op_type != "Erf" or one is None or not scalar_equals(one, 1.0):
             continue
         div = index.producer.get(erf.input[0])
         if div is None or div.op_type != "Div" or div.input[0] != x:
             continue
         root2 = index.const(div.input[1])
-        if root2 is not None and _scalar_is(root2, np.sqrt(2.0), rtol=1e-6):
+        if root2 is not None and scalar_equals(root2, np.sqrt(2.0), rtol=1e-6):
             return half
     return None
 
 
-def _scalar_is(value: np.ndarray, expected: float, rtol: float = 0.0) -> bool:
+def scalar_equals(value: np.ndarray, expected: float, rtol: float = 0.0) -> bool:
     return value.size == 1 and abs(float(value.reshape(())) - expected) <= rtol * abs(expected)
 
 
@@ -397,7 +397,7 @@ def drop_ones_mul(model: onnx.ModelProto) -> int:
             value = index.const(expand.input[0])
             other = node.input[1 - i]
             shape, ones_shape = index.shapes.get(other), index.shapes.get(name)
-            if value is None or not _scalar_is(value, 1.0) or not shape or shape != ones_shape:
+            if value is None or not scalar_equals(value, 1.0) or not shape or shape != ones_shape:
                 continue
             if any(d is None for d in shape):
                 continue
@@ -469,6 +469,11 @@ def _apply(model: onnx.ModelProto, replaced: dict[int, list[onnx.NodeProto]], re
     del graph.node[:]
     graph.node.extend(_live(nodes, {out.name for out in graph.output}))
     _forget_shapes(model, set(rename))
+    drop_unused_initializers(graph)
+
+
+def drop_unused_initializers(graph: onnx.GraphProto) -> None:
+    """Remove the initializers no node and no graph output reads any more."""
     used = {name for node in graph.node for name in node.input} | {out.name for out in graph.output}
     kept = [init for init in graph.initializer if init.name in used]
     del graph.initializer[:]
