@@ -11,6 +11,14 @@ at the default budget and settings):
 - ``full_finetune``: every weight fine-tuned on the truth.
 - ``pruned_finetune``: pruned to the default latency budget, fine-tuned distilling from the original.
 
+Variants tried against a losing cell (opt-in with ``--variants``; their own table in ``grid.md``,
+beside the default pruned cell, never in the grid's columns or averages):
+
+- ``pruned_rollout``: as ``pruned_finetune``, but past the checkpoint's native horizon the pruned
+  model keeps its native head and is fine-tuned through the roll-out (``FinetuneConfig.head =
+  "rollout"``), like the zero-shot row, instead of growing a head of the whole horizon. At or
+  below the native horizon it is the same as ``pruned_finetune``.
+
 Zero-shot transfer: the pruned model a ``pruned_finetune`` cell trained (cached in ``--work-dir``)
 is evaluated, without further training, on another dataset's test split at the same horizon,
 against the original model's zero-shot cell on that dataset.
@@ -66,7 +74,18 @@ SHARED_FILES = {
 }
 HORIZONS = (96, 192, 336, 720)
 VARIANTS = ("zero_shot", "full_finetune", "pruned_finetune")
-LABELS = {"zero_shot": "zero-shot", "full_finetune": "full fine-tune", "pruned_finetune": "prune + fine-tune"}
+"""The grid's variants: run by default, the table's columns."""
+EXTRA_VARIANTS = {
+    "pruned_rollout": "pruned as prune + fine-tune, then fine-tuned through the roll-out of the "
+    "native head (no grown head) past the checkpoint's horizon",
+}
+"""Variants tried against a losing cell (opt-in), with what each changes."""
+LABELS = {
+    "zero_shot": "zero-shot",
+    "full_finetune": "full fine-tune",
+    "pruned_finetune": "prune + fine-tune",
+    "pruned_rollout": "prune + fine-tune, rolled-out head",
+}
 TRANSFERS = (("ETTh1", "ETTm1"), ("ETTm1", "ETTh1"), ("ETTh1", "weather"))
 PUBLISHED = {
     ("ETTh1", 96): {"PatchTST": 0.370, "DLinear": 0.375},
@@ -218,9 +237,12 @@ class Grid:
         return done
 
     def estimate(self, task: Task) -> float:
-        """Seconds ``task`` will likely take: the longest finished cell most like it, else 0."""
+        """Seconds ``task`` will likely take: the longest finished cell most like it (a tried
+        variant with no cell yet: like the default pruned one), else 0."""
         section = self.results[task.section].values()
-        same_kind = [c for c in section if c["variant"] == task.variant]
+        kinds = (task.variant, "pruned_finetune")
+        kind = next((k for k in kinds if any(c["variant"] == k for c in section)), task.variant)
+        same_kind = [c for c in section if c["variant"] == kind]
         for pool in (
             [c for c in same_kind if c["dataset"] == task.dataset and c["horizon"] == task.horizon],
             [c for c in same_kind if c["dataset"] == task.dataset],
@@ -255,11 +277,14 @@ class Grid:
             if task.variant == "full_finetune":
                 module, ft = full_finetune(original, data, ft_cfg)
                 extra["finetune"] = _finetune_summary(ft.to_dict())
-            elif task.variant == "pruned_finetune":
+            elif task.variant in ("pruned_finetune", "pruned_rollout"):
                 prune_cfg = replace(config.prune, seed=task.seed)
+                if task.variant == "pruned_rollout":
+                    ft_cfg = replace(ft_cfg, head="rollout")
                 module, pr, ft = prune_finetune(original, data, prune_cfg, ft_cfg)
                 extra["prune"] = _prune_summary(pr.to_dict())
                 extra["finetune"] = _finetune_summary(ft.to_dict())
+            if task.variant == "pruned_finetune":
                 save_model(
                     module,
                     model_dir(config, task.dataset, task.horizon, task.seed),
@@ -407,7 +432,7 @@ def grid_table(results: dict) -> list[str]:
     """The paper's layout: a row per dataset x horizon plus each dataset's average over the horizons
     every variant has; MSE and MAE per variant, the best of each row in bold (published references
     alongside, not bolded: they are other models)."""
-    agg = aggregate(results["cells"])
+    agg = {k: s for k, s in aggregate(results["cells"]).items() if k[2] in VARIANTS}
     datasets = list(dict.fromkeys(d for d, _, _ in agg))
     variants = [v for v in VARIANTS if any(k[2] == v for k in agg)]
     refs = sorted({name for v in results.get("published", {}).values() for name in v})
@@ -478,6 +503,24 @@ def transfer_table(results: dict) -> list[str]:
     return lines
 
 
+def extra_table(results: dict) -> list[str]:
+    """Each tried variant's cells against the same row's default variants (best MSE and MAE in bold
+    among all four), so a change is judged against the cell it tries to win."""
+    agg = aggregate(results["cells"])
+    header = ["dataset", "horizon", "tried variant", "MSE", "MAE"]
+    header += [f"{LABELS[v]} {m}" for v in VARIANTS for m in ("MSE", "MAE")] + ["seeds"]
+    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    for (d, h, v), s in sorted(agg.items()):
+        if v not in EXTRA_VARIANTS:
+            continue
+        stats = [s] + [agg.get((d, h, base)) for base in VARIANTS]
+        mses = _bold_row([x["mse"] if x else None for x in stats])
+        maes = _bold_row([x["mae"] if x else None for x in stats])
+        pairs = [x for pair in zip(mses, maes, strict=True) for x in pair]
+        lines.append("| " + " | ".join([d, str(h), LABELS[v], *pairs, str(s["seeds"])]) + " |")
+    return lines
+
+
 def render(results: dict, json_path: Path, plot_too: bool = True) -> None:
     """``grid.md`` (and ``grid.png`` with ``plot_too``) beside ``json_path``, from every cell in ``results``."""
     loads = [r["loadavg_before"][0] for r in results["runs"] if r.get("cells")]
@@ -495,6 +538,11 @@ def render(results: dict, json_path: Path, plot_too: bool = True) -> None:
     ]
     if results["transfer"]:
         lines += ["## Zero-shot transfer", "", *transfer_table(results), ""]
+    tried = sorted({c["variant"] for c in results["cells"].values()} & set(EXTRA_VARIANTS))
+    if tried:
+        lines += ["## Variants tried against losing cells", ""]
+        lines += [f"- {LABELS[v]} (`{v}`): {EXTRA_VARIANTS[v]}." for v in tried]
+        lines += ["", *extra_table(results), ""]
     lines += [
         "## Timing",
         "",
@@ -585,7 +633,14 @@ def main(argv: list[str] | None = None) -> int:
     )
     parser.add_argument("--horizons", type=int, nargs="+", default=list(HORIZONS))
     parser.add_argument("--seeds", type=int, nargs="+", default=[0])
-    parser.add_argument("--variants", nargs="+", choices=VARIANTS, default=list(VARIANTS))
+    parser.add_argument(
+        "--variants",
+        nargs="+",
+        choices=[*VARIANTS, *EXTRA_VARIANTS],
+        default=list(VARIANTS),
+        help=f"default: the grid's {', '.join(VARIANTS)}; tried against losing cells: "
+        f"{', '.join(EXTRA_VARIANTS)}",
+    )
     parser.add_argument(
         "--transfers",
         type=parse_transfer,

@@ -145,3 +145,37 @@ def test_table_bolds_the_best_of_each_row_and_averages_complete_horizons():
     cells["ETTm1|96|zero_shot|0"] = _cell("ETTm1", 96, "zero_shot", 0, 0.34, 0.35)
     line = grid.transfer_table({**results, "transfer": transfer})[2]
     assert line == "| ETTh1 → ETTm1 | 96 | 0.3400 | **0.3500** | **0.3300** | 0.3600 | – | 1 |"
+
+
+def test_tried_variant_keeps_the_rolled_out_head_and_has_its_own_table(config):
+    """Past the native horizon the default pruned cell grows a head; ``pruned_rollout`` keeps the
+    native one (two passes here), is not a column of the grid table, and sits beside the
+    default cells of its row in the tried-variants table."""
+    long = replace(
+        config, horizons=(2 * H,), variants=("zero_shot", "pruned_finetune", "pruned_rollout"), transfers=()
+    )
+    ran = grid.Grid(long, log=lambda m: None).run()
+    assert ran == [f"a|{2 * H}|{v}|0" for v in long.variants]
+    cells = json.loads(config.results.read_text())["cells"]
+    grown, rolled = cells[f"a|{2 * H}|pruned_finetune|0"], cells[f"a|{2 * H}|pruned_rollout|0"]
+    assert grown["finetune"]["grown_head"] and grown["head"]["passes"] == 1
+    assert not rolled["finetune"]["grown_head"] and rolled["head"]["passes"] == 2
+    same = ("params_after", "macs_after")  # the same pruning, then each its own head
+    assert [rolled["prune"][k] for k in same] == [grown["prune"][k] for k in same] and rolled["mse"] != grown[
+        "mse"
+    ]
+    text = config.results.with_suffix(".md").read_text()
+    grid_part, tried = text.split("## Variants tried against losing cells")
+    assert "rolled-out head" not in grid_part.split("## Timing")[0]
+    row = next(line for line in tried.splitlines() if line.startswith("| a |"))
+    parts = [x.strip("*") for x in row.strip("| ").split(" | ")]
+    zero = cells[f"a|{2 * H}|zero_shot|0"]
+    assert parts[:3] == ["a", str(2 * H), "prune + fine-tune, rolled-out head"]
+    # the tried cell, then zero-shot, full fine-tune (not run: dashes) and the default pruned cell
+    assert parts[3:] == [
+        *(f"{c[m]:.4f}" for c in (rolled, zero) for m in ("mse", "mae")),
+        "–",
+        "–",
+        *(f"{grown[m]:.4f}" for m in ("mse", "mae")),
+        "1",
+    ]
