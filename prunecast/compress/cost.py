@@ -8,10 +8,14 @@ MACs alone mispredict CPU latency for small TSFMs: in an onnxruntime profile of 
 256, the elementwise work around the matmuls (bias adds, GELU, LayerNorm, softmax gating, residual
 adds, transposes) took about twice the matmul time. That work scales with the activations the
 Linear layers read and write, so :func:`latency_cost` adds ``ACTIVATION_COST`` MAC-equivalents per
-activation element to the MACs: an estimate that ranks and budgets units by the time they cost.
+activation element to the MACs: an estimate that ranks and budgets units by the time they cost
+(``--target latency-estimate``). ``--target latency`` measures instead: a :class:`LatencyModel`
+predicts seconds from the :func:`linear_shapes` of a candidate model.
 """
 
 from __future__ import annotations
+
+from typing import Protocol
 
 import torch
 from torch import nn
@@ -62,6 +66,38 @@ def latency_cost(module: ForecastModule, batch_size: int = 1) -> float:
     """Estimated CPU cost in MAC-equivalents: MACs plus ``ACTIVATION_COST`` per activation element."""
     rows = linear_rows(module, batch_size)
     return _macs(module, rows) + ACTIVATION_COST * activation_elements(module, rows)
+
+
+LinearShape = tuple[int, int, int]
+"""``(rows, in_features, out_features)`` of one Linear in one forward pass: the key of a
+measured latency table (:class:`LatencyModel`)."""
+
+
+def linear_shapes(module: ForecastModule, batch_size: int = 1) -> dict[str, LinearShape]:
+    """The shape of every Linear that runs in a forward pass on ``[batch_size, context_length]``.
+
+    Rows are counted at batch 1 and scaled: a forecast module applies every Linear per series, so
+    its rows grow in proportion to the batch (and one pass at batch 1 is cheap enough to repeat
+    for every candidate width while pruning).
+    """
+    return {
+        n: (r * batch_size, module.get_submodule(n).in_features, module.get_submodule(n).out_features)
+        for n, r in linear_rows(module, 1).items()
+    }
+
+
+class LatencyModel(Protocol):
+    """Seconds of one forward pass predicted from the model's Linear shapes, on the backend and
+    settings the model will be served with (``prunecast.bench.latency_model.MeasuredLatency``
+    measures them). Pruning ranks units by predicted seconds saved and budgets the prediction."""
+
+    batch_size: int
+
+    def seconds(self, shapes: dict[str, LinearShape]) -> float: ...
+
+    def calibrate(self, module: ForecastModule) -> float:
+        """Measure ``module`` on the backend, learn from it, return its measured seconds."""
+        ...
 
 
 def count_macs(module: ForecastModule, batch_size: int = 1) -> int:

@@ -8,6 +8,11 @@ step, just enough to meet the budget). By default a unit's rank is its loss chan
 parameter) it saves, so a wide, cheap-to-lose residual unit and a narrow MLP channel are compared
 on what they buy. Validation loss is tracked after every step; with a ``tolerance`` pruning stops
 once it degrades past ``(1 + tolerance) *`` the starting loss and the last state within it is kept.
+
+``target="latency"`` budgets and ranks by seconds a :class:`~prunecast.compress.cost.LatencyModel`
+predicts on the serving backend (``prunecast.bench.latency_model.MeasuredLatency`` measures its
+building blocks there), and ends by rounding each width to a multiple that backend runs fast
+(:mod:`prunecast.compress.rounding`); ``latency-estimate`` keeps the MAC-based estimate.
 """
 
 from __future__ import annotations
@@ -26,10 +31,20 @@ from torch import nn
 from prunecast.common.defaults import DEFAULT_BUDGET, IMPORTANCES, TARGETS
 from prunecast.common.progress import progress
 from prunecast.compress import distributed
-from prunecast.compress.cost import ACTIVATION_COST, count_macs, count_params, latency_cost, linear_rows
+from prunecast.compress.cost import (
+    ACTIVATION_COST,
+    LatencyModel,
+    count_macs,
+    count_params,
+    latency_cost,
+    linear_rows,
+    linear_shapes,
+)
 from prunecast.compress.discover import DroppedGroup, dropped_groups, pruning_spec
 from prunecast.compress.groups import remove_units, slice_width, tp_group
 from prunecast.compress.importance import LossGuidedImportance
+from prunecast.compress.measured import check, predict, seconds_per_unit, unit_deltas
+from prunecast.compress.rounding import UnitLedger, WidthRounding, apply_rounding, plan_rounding
 from prunecast.compress.training import sample_indices, tensors, val_loss
 from prunecast.data.windows import Windows
 from prunecast.models.base import ForecastModule, PruneGroup
@@ -41,10 +56,12 @@ class PruneConfig:
 
     budget: float = DEFAULT_BUDGET
     """Fraction of the original ``target`` to keep: 0.5 means 2x fewer."""
-    target: Literal["latency", "macs", "params"] = "latency"
-    """``latency``: estimated CPU cost, MACs plus the elementwise work on activations
-    (:func:`~prunecast.compress.cost.latency_cost`), which favours the residual width that sets
-    real speed; ``macs``: Linear MACs alone; ``params``: parameter count."""
+    target: Literal["latency", "latency-estimate", "macs", "params"] = "latency-estimate"
+    """``latency-estimate`` (the library's default, needing nothing but the module): estimated CPU
+    cost, MACs plus the elementwise work on activations
+    (:func:`~prunecast.compress.cost.latency_cost`); ``latency`` (what ``prunecast prune`` and
+    ``prunecast run`` default to): seconds on the serving backend, as the ``latency`` model given to :func:`prune`
+    predicts them from measured blocks; ``macs``: Linear MACs alone; ``params``: parameter count."""
     importance: Literal["loss", "loss2", "magnitude"] = "loss"
     """``loss``: first-order mask score; ``loss2``: with per-sample second-order term;
     ``magnitude``: Torch-Pruning's group L2 magnitude (the ablation)."""
@@ -70,6 +87,9 @@ class PruneConfig:
     """Validation windows (a fixed random subset) for the per-step loss; None for all."""
     tolerance: float | None = None
     """Stop once val loss exceeds ``(1 + tolerance) *`` the starting loss; None never stops early."""
+    round_widths: bool = True
+    """``latency`` target: end by rounding each width to a multiple of 4, 8 or 16 the latency model
+    prices well, within the budget (:mod:`prunecast.compress.rounding`)."""
     seed: int = 0
     show_progress: bool | None = None
 
@@ -112,6 +132,8 @@ class PruneStep:
     macs: int
     val_loss: float
     seconds: float
+    predicted_ms: float | None = None
+    """``latency`` target: the latency model's prediction after the step."""
 
 
 @dataclass
@@ -130,6 +152,9 @@ class PruneReport:
     layers: list[LayerWidth] = field(default_factory=list)
     dropped: list[DroppedGroup] = field(default_factory=list)
     """Traced groups not offered (failed the exactness check, or cannot be sliced), with why."""
+    latency: dict | None = None
+    """``latency`` target: predicted ms before, at the goal and after, the latency model's fit."""
+    rounding: list[WidthRounding] = field(default_factory=list)
 
     def to_dict(self) -> dict:
         """Everything but the module, as JSON-serialisable data."""
@@ -140,7 +165,7 @@ class PruneReport:
             value = getattr(self, name)
             if name == "config":
                 value = asdict(value)
-            elif name in ("steps", "layers", "dropped"):
+            elif name in ("steps", "layers", "dropped", "rounding"):
                 value = [asdict(v) for v in value]
             out[name] = value
         out["macs_reduction"] = self.macs_before / max(self.macs_after, 1)
@@ -149,11 +174,22 @@ class PruneReport:
 
 
 def prune(
-    module: ForecastModule, train: Windows, val: Windows, config: PruneConfig | None = None
+    module: ForecastModule,
+    train: Windows,
+    val: Windows,
+    config: PruneConfig | None = None,
+    latency: LatencyModel | None = None,
 ) -> PruneReport:
-    """Prune ``module`` in place until ``config.budget`` of its MACs (or parameters) is left."""
+    """Prune ``module`` in place until ``config.budget`` of its latency (as ``latency`` predicts
+    it on the serving backend), estimated latency, MACs or parameters is left."""
     config = config or PruneConfig()
     config.check()
+    if config.target == "latency" and latency is None:
+        raise ValueError(
+            "target 'latency' measures on the serving backend: pass latency="
+            "MeasuredLatency(module, LatencySettings(...)) (prunecast.bench.latency_model), "
+            "or use target 'latency-estimate'"
+        )
     start = time.perf_counter()
     groups = _groups(module, config.kinds)
     dropped = dropped_groups(module)
@@ -162,18 +198,26 @@ def prune(
     original = {g.name: g.units for g in groups}
     kinds = {g.name: g.kind for g in groups}
     floor = {g.name: max(g.min_units, math.ceil(config.min_keep_fraction * g.units), 1) for g in groups}
+    unpruned = copy.deepcopy(module) if config.target == "latency" and config.round_widths else None
+    ledger = UnitLedger.start(groups)
     val_idx = sample_indices(val, config.val_windows, config.seed)
     params0, macs0 = count_params(module), count_macs(module)
     loss0 = val_loss(module, val, val_idx)
-    metric0 = _measure(module, config.target)
+    metric0 = _measure(module, config.target, latency)
     goal = config.budget * metric0
     ema: dict[str, torch.Tensor] = {}
     steps: list[PruneStep] = []
     stopped_early = False
     show = distributed.show_progress(config.show_progress)
     bar = progress(range(config.max_steps), config.max_steps, "prune", show)
+    checks: list[dict] = []
     for step in bar:
-        metric = _measure(module, config.target)
+        metric = _measure(module, config.target, latency)
+        if latency is not None and _check_due(metric, goal, checks):
+            checks.append(_check(module, latency, config.kinds, step, _level(metric, goal)))
+            if checks[-1]["measured_ms"] <= goal * 1e3 * (1 + CHECK_SLACK):
+                break  # at the goal as measured
+            metric = _measure(module, config.target, latency)  # the latency model has learnt it
         if metric <= goal:
             break
         step_start = time.perf_counter()
@@ -186,14 +230,16 @@ def prune(
                 if prev is None
                 else config.ema_alpha * prev + (1 - config.ema_alpha) * scores[g.name]
             )
-        chosen = _agree(groups, _choose(module, groups, ema, floor, metric - goal, config))
+        costs = _unit_costs(module, groups, floor, config.target, latency)
+        chosen = _agree(groups, _choose(groups, ema, floor, metric - goal, costs, config))
         if not any(chosen.values()):
             break
-        snapshot = copy.deepcopy(module.model) if config.tolerance is not None else None
+        snapshot = (copy.deepcopy(module.model), ledger.copy()) if config.tolerance is not None else None
         for name, units in chosen.items():
             if units:
                 group = {g.name: g for g in _groups(module, config.kinds)}[name]
                 remove_units(module, group, units)
+                ledger.remove(name, units)
                 keep = torch.tensor(sorted(set(range(group.units)) - set(units)))
                 ema[name] = ema[name][keep]
         loss = val_loss(module, val, val_idx)
@@ -205,13 +251,18 @@ def prune(
                 macs=count_macs(module),
                 val_loss=loss,
                 seconds=time.perf_counter() - step_start,
+                predicted_ms=_measure(module, "latency", latency) * 1e3 if latency is not None else None,
             )
         )
         if config.tolerance is not None and loss > loss0 * (1 + config.tolerance):
-            module.model = snapshot
+            module.model, ledger = snapshot
             stopped_early = True
             break
+    rounding: list[WidthRounding] = []
+    if unpruned is not None:
+        rounding = _round(module, unpruned, ledger, ema, floor, original, latency, goal, config.kinds)
     final = {g.name: g.units for g in _groups(module, config.kinds)}
+    rounded = bool(rounding) and any(r.rounded != r.pruned for r in rounding)
     return PruneReport(
         module=module,
         config=config,
@@ -221,19 +272,107 @@ def prune(
         macs_after=count_macs(module),
         val_loss_before=loss0,
         val_loss_after=val_loss(module, val, val_idx)
-        if stopped_early
+        if stopped_early or rounded
         else (steps[-1].val_loss if steps else loss0),
         seconds=time.perf_counter() - start,
         stopped_early=stopped_early,
         steps=steps,
         layers=[LayerWidth(n, kinds[n], original[n], final[n]) for n in original],
         dropped=list(dropped),
+        latency=None
+        if latency is None
+        else _latency_summary(module, latency, metric0, goal, checks, config.kinds),
+        rounding=rounding,
     )
 
 
-def _measure(module: ForecastModule, target: str) -> float:
-    """The quantity the budget is a fraction of."""
+CHECK_AT = (2.0, 1.4, 1.15, 1.0)
+"""``latency`` target: pruning measures the model it reached when the prediction first falls to
+these multiples of the goal (and every time it meets the goal), and the latency model learns from
+each measurement: a prediction is surest near a model measured, so the last steps, where the
+budget is decided, are priced from one measured close by."""
+MAX_CHECKS = 6
+CHECK_SLACK = 0.05
+"""A measured latency this far over the goal passes the check: timer noise, not a miss."""
+
+
+def _level(metric: float, goal: float) -> int:
+    return sum(metric <= goal * c for c in CHECK_AT)
+
+
+def _check_due(metric: float, goal: float, checks: list[dict]) -> bool:
+    if len(checks) >= MAX_CHECKS:
+        return False
+    return metric <= goal or _level(metric, goal) > max((c["level"] for c in checks), default=0)
+
+
+def _check(
+    module: ForecastModule, latency: LatencyModel, kinds: tuple[str, ...], step: int, level: int
+) -> dict:
+    """Measure the model pruning reached, beside what the latency model predicted for it."""
+    predicted, measured = check(latency, module)
+    widths = {g.name: g.units for g in _groups(module, kinds)}
+    return {
+        "step": step,
+        "level": level,
+        "predicted_ms": round(predicted * 1e3, 4),
+        "measured_ms": round(measured * 1e3, 4),
+        "widths": widths,
+    }
+
+
+def _latency_summary(
+    module: ForecastModule,
+    latency: LatencyModel,
+    metric0: float,
+    goal: float,
+    checks: list[dict],
+    kinds: tuple[str, ...],
+) -> dict:
+    """The report's latency block: predicted before and at the goal, every check on the way, and
+    the final model's prediction (made before it was measured) beside its measurement."""
+    widths = {g.name: g.units for g in _groups(module, kinds)}
+    last = checks[-1] if checks and checks[-1]["widths"] == widths else _check(module, latency, kinds, -1, 0)
+    return {
+        "predicted_ms_before": round(metric0 * 1e3, 4),
+        "goal_ms": round(goal * 1e3, 4),
+        "checks": [{k: v for k, v in c.items() if k not in ("widths", "level")} for c in checks],
+        "predicted_ms_after": last["predicted_ms"],
+        "realised_ms_after": last["measured_ms"],
+        "realised_over_predicted": round(last["measured_ms"] / max(last["predicted_ms"], 1e-9), 4),
+        **({"model": latency.to_dict()} if hasattr(latency, "to_dict") and distributed.is_main() else {}),
+    }
+
+
+def _round(
+    module: ForecastModule,
+    unpruned: ForecastModule,
+    ledger: UnitLedger,
+    ema: dict[str, torch.Tensor],
+    floor: dict[str, int],
+    original: dict[str, int],
+    latency: LatencyModel,
+    goal: float,
+    kinds: tuple[str, ...],
+) -> list[WidthRounding]:
+    """Round the widths of ``module`` (see :mod:`prunecast.compress.rounding`) and return the plan."""
+    groups = _groups(module, kinds)
+    shapes = linear_shapes(module, latency.batch_size)
+    deltas = unit_deltas(module, groups, floor, latency.batch_size)
+    plan = plan_rounding(latency, shapes, groups, deltas, floor, original, goal)
+    order = {
+        g.name: torch.argsort(ema[g.name].abs()).tolist() if g.name in ema else list(range(g.units))
+        for g in groups
+    }
+    apply_rounding(module, unpruned, ledger, plan, order)
+    return plan
+
+
+def _measure(module: ForecastModule, target: str, latency: LatencyModel | None = None) -> float:
+    """The quantity the budget is a fraction of (seconds for ``latency``)."""
     if target == "latency":
+        return predict(latency, [linear_shapes(module, latency.batch_size)])[0]
+    if target == "latency-estimate":
         return latency_cost(module)
     return count_macs(module) if target == "macs" else count_params(module)
 
@@ -302,17 +441,33 @@ def per_sample_gradients(
     return {lookup[n]: grads[n] for n in params}
 
 
-def _unit_costs(module: ForecastModule, group: PruneGroup, rows: dict[str, int], target: str) -> float:
-    """MACs, latency cost or parameters one unit of ``group`` costs: what removing it saves."""
+def _unit_costs(
+    module: ForecastModule,
+    groups: list[PruneGroup],
+    floor: dict[str, int],
+    target: str,
+    latency: LatencyModel | None,
+) -> dict[str, float]:
+    """What removing one unit of each group saves: predicted seconds, estimated cost, MACs or parameters."""
+    if target == "latency":
+        shapes = linear_shapes(module, latency.batch_size)
+        deltas = unit_deltas(module, groups, floor, latency.batch_size)
+        return seconds_per_unit(latency, shapes, groups, deltas, floor)
+    rows = linear_rows(module) if target in ("macs", "latency-estimate") else {}
+    return {g.name: _group_unit_cost(module, g, rows, target) for g in groups}
+
+
+def _group_unit_cost(module: ForecastModule, group: PruneGroup, rows: dict[str, int], target: str) -> float:
+    """MACs, estimated latency cost or parameters one unit of ``group`` costs."""
     cost = 0.0
     for sl in group.slices:
         layer = module.get_submodule(sl.module)
         per_unit = slice_width(layer, sl) // group.units
         if isinstance(layer, nn.Linear):
             other = layer.in_features if sl.axis == "out" else layer.out_features
-            if target in ("macs", "latency"):
+            if target in ("macs", "latency-estimate"):
                 cost += rows.get(sl.module, 0) * other * per_unit
-                if target == "latency":  # the unit's activation elements, in or out of this Linear
+                if target == "latency-estimate":  # the unit's activation elements, in or out of this Linear
                     cost += ACTIVATION_COST * rows.get(sl.module, 0) * per_unit
             else:
                 cost += (other + (1 if sl.axis == "out" and layer.bias is not None else 0)) * per_unit
@@ -340,19 +495,19 @@ def _agree(groups: list[PruneGroup], chosen: dict[str, list[int]]) -> dict[str, 
 
 
 def _choose(
-    module: ForecastModule,
     groups: list[PruneGroup],
     scores: dict[str, torch.Tensor],
     floor: dict[str, int],
     needed: float,
+    costs: dict[str, float],
     config: PruneConfig,
 ) -> dict[str, list[int]]:
     """The units to remove this step: globally lowest ranked, at most ``step_fraction`` of those
-    remaining, and no more than the (estimated) cost still ``needed`` to meet the budget."""
-    rows = linear_rows(module) if config.target in ("macs", "latency") else {}
+    remaining, and no more than the cost (``costs``: per unit of each group) still ``needed``
+    to meet the budget. Each group's units are listed lowest ranked first."""
     candidates = []
     for g in groups:
-        cost = _unit_costs(module, g, rows, config.target)
+        cost = costs[g.name]
         rank = scores[g.name].abs().numpy()
         if config.cost_normalized:
             rank = rank / cost if cost > 0 else np.full_like(rank, np.inf)
