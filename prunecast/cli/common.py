@@ -59,6 +59,70 @@ def time_axis_from_args(args: argparse.Namespace):
     return TimeAxisPolicy(duplicates=args.duplicates, fill=args.fill)
 
 
+def add_budget_args(parser: argparse.ArgumentParser, threads: bool = True) -> None:
+    """``--budget`` and ``--target``, and where ``--target latency`` measures (``--latency-backend``,
+    ``--latency-batch``, and ``--threads`` unless the command has its own)."""
+    from prunecast.common.defaults import (
+        DEFAULT_BUDGET,
+        DEFAULT_LATENCY_BATCH,
+        DEFAULT_TARGET,
+        LATENCY_BACKENDS,
+        MEASURED_BUDGET,
+        TARGETS,
+    )
+
+    parser.add_argument(
+        "--budget",
+        type=float,
+        default=None,
+        help=f"fraction of the target to keep (default {MEASURED_BUDGET} of measured latency, "
+        f"{DEFAULT_BUDGET} of the others)",
+    )
+    parser.add_argument(
+        "--target",
+        choices=TARGETS,
+        default=DEFAULT_TARGET,
+        help="what the budget is a fraction of: latency measured on the serving backend (default), "
+        "latency-estimate (MACs plus activation work, when measuring is impossible), MACs or parameters",
+    )
+    parser.add_argument(
+        "--latency-backend",
+        choices=LATENCY_BACKENDS,
+        default="onnxruntime",
+        help="--target latency: the backend the model will be served on (default onnxruntime)",
+    )
+    parser.add_argument(
+        "--latency-batch",
+        type=int,
+        default=DEFAULT_LATENCY_BATCH,
+        help=f"--target latency: the serving batch to measure at (default {DEFAULT_LATENCY_BATCH})",
+    )
+    if threads:
+        parser.add_argument(
+            "--threads", type=int, default=None, help="--target latency: serving threads (default 2)"
+        )
+
+
+def budget_from_args(args: argparse.Namespace) -> float:
+    """``--budget``, or the default of ``--target``."""
+    from prunecast.common.defaults import default_budget
+
+    return default_budget(args.target) if args.budget is None else args.budget
+
+
+def latency_settings_from_args(args: argparse.Namespace):
+    """The :class:`~prunecast.bench.latency_model.LatencySettings` of :func:`add_budget_args`' options."""
+    from prunecast.bench.latency_model import LatencySettings
+
+    return LatencySettings(
+        backend=args.latency_backend,
+        batch=args.latency_batch,
+        threads=args.threads or LatencySettings.threads,
+        data=args.data,
+        time_axis=time_axis_from_args(args),
+    )
+
+
 def emit(result: dict, as_json: bool, lines: list[str]) -> None:
     """Print a result as one JSON object, or as readable lines."""
     if as_json:

@@ -4,26 +4,22 @@ from __future__ import annotations
 
 import argparse
 
-from prunecast.cli.common import add_model_data_args, emit, load_model_and_data
-from prunecast.common.defaults import DEFAULT_BUDGET, IMPORTANCES, TARGETS
+from prunecast.cli.common import (
+    add_budget_args,
+    add_model_data_args,
+    budget_from_args,
+    emit,
+    latency_settings_from_args,
+    load_model_and_data,
+)
+from prunecast.common.defaults import IMPORTANCES
 
 
 def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("prune", help="prune a model to a latency, MAC or parameter budget (no fine-tuning)")
     add_model_data_args(p)
     p.add_argument("--out", "-o", dest="output", required=True, help="directory to save the pruned model to")
-    p.add_argument(
-        "--budget",
-        type=float,
-        default=DEFAULT_BUDGET,
-        help=f"fraction of the target to keep (default {DEFAULT_BUDGET})",
-    )
-    p.add_argument(
-        "--target",
-        choices=TARGETS,
-        default="latency",
-        help="what the budget is a fraction of: estimated CPU latency (default), MACs or parameters",
-    )
+    add_budget_args(p)
     p.add_argument("--importance", choices=IMPORTANCES, default="loss")
     p.add_argument(
         "--kinds", nargs="+", default=["mlp_hidden", "heads", "width"], help="unit kinds that may be pruned"
@@ -45,12 +41,22 @@ def run(args: argparse.Namespace) -> int:
         return _prune(args)
 
 
+def latency_lines(latency: dict | None) -> list[str]:
+    """The measured-latency line of a prune report: predicted beside realised."""
+    if latency is None:
+        return []
+    return [
+        f"latency {latency['predicted_ms_before']:.3f} ms -> predicted {latency['predicted_ms_after']:.3f} ms, "
+        f"realised {latency['realised_ms_after']:.3f} ms (goal {latency['goal_ms']:.3f} ms)"
+    ]
+
+
 def _prune(args: argparse.Namespace) -> int:
     from prunecast.compress import PruneConfig, distributed, prune, save_model
 
     model, data = load_model_and_data(args)
     config = PruneConfig(
-        budget=args.budget,
+        budget=budget_from_args(args),
         target=args.target,
         importance=args.importance,
         kinds=tuple(args.kinds),
@@ -61,7 +67,12 @@ def _prune(args: argparse.Namespace) -> int:
         tolerance=args.tolerance,
         seed=args.seed,
     )
-    report = prune(model, data.train, data.val, config)
+    latency = None
+    if args.target == "latency":
+        from prunecast.bench.latency_model import MeasuredLatency
+
+        latency = MeasuredLatency(model, latency_settings_from_args(args))
+    report = prune(model, data.train, data.val, config, latency=latency)
     if not distributed.is_main():
         return 0
     summary = report.to_dict()
@@ -81,6 +92,7 @@ def _prune(args: argparse.Namespace) -> int:
             f"params {report.params_before:,} -> {report.params_after:,}",
             f"val MSE {report.val_loss_before:.4f} -> {report.val_loss_after:.4f}"
             + (" (stopped early at the tolerance)" if report.stopped_early else ""),
+            *latency_lines(report.latency),
             f"saved to {args.output}",
         ],
     )

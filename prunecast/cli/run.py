@@ -5,9 +5,16 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from prunecast.cli.common import add_revision_arg, add_time_axis_args, emit, time_axis_from_args
+from prunecast.cli.common import (
+    add_budget_args,
+    add_revision_arg,
+    add_time_axis_args,
+    budget_from_args,
+    emit,
+    latency_settings_from_args,
+    time_axis_from_args,
+)
 from prunecast.common.defaults import (
-    DEFAULT_BUDGET,
     DEFAULT_DATA,
     DEFAULT_DISTILL,
     DEFAULT_HORIZON,
@@ -36,12 +43,7 @@ def register(sub: argparse._SubParsersAction) -> None:
         help="forecast steps; past the checkpoint's own, zero-shot rolls its head out and fine-tuning "
         "trains a head of this length",
     )
-    p.add_argument(
-        "--budget",
-        type=float,
-        default=DEFAULT_BUDGET,
-        help=f"fraction of the estimated latency to keep (default {DEFAULT_BUDGET})",
-    )
+    add_budget_args(p, threads=False)
     p.add_argument("--importance", choices=IMPORTANCES, default="loss")
     p.add_argument("--epochs", type=int, default=None, help="fine-tuning epochs (default: finetune's)")
     p.add_argument("--compare-full-finetune", action="store_true", help="also fine-tune the unpruned model")
@@ -56,7 +58,12 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument(
         "--batches", type=int, nargs="+", default=None, help="latency batch sizes (default 1 8 64 256)"
     )
-    p.add_argument("--threads", type=int, default=None, help="CPU threads for every backend (default 2)")
+    p.add_argument(
+        "--threads",
+        type=int,
+        default=None,
+        help="CPU threads for every backend, and for --target latency's measurements (default 2)",
+    )
     p.add_argument(
         "--out", type=Path, default=Path("runs/latest"), help="output directory (default runs/latest)"
     )
@@ -72,7 +79,7 @@ def run(args: argparse.Namespace) -> int:
     from prunecast.pipeline import RunConfig
     from prunecast.pipeline import run as run_pipeline
 
-    prune_cfg = PruneConfig(budget=args.budget, importance=args.importance)
+    prune_cfg = PruneConfig(budget=budget_from_args(args), target=args.target, importance=args.importance)
     ft_cfg = FinetuneConfig(distill=args.distill)
     if args.epochs is not None:
         ft_cfg = replace(ft_cfg, epochs=args.epochs)
@@ -89,6 +96,7 @@ def run(args: argparse.Namespace) -> int:
         time_axis=time_axis_from_args(args),
         horizon=args.horizon,
         prune=prune_cfg,
+        latency=latency_settings_from_args(args),
         finetune=ft_cfg,
         compare_full_finetune=args.compare_full_finetune,
         test_limit=args.test_limit,

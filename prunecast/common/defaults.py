@@ -7,13 +7,30 @@ DEFAULT_DISTILL = 0.5
 """Weight of the unpruned model's forecast in the pruned model's fine-tuning target."""
 IMPORTANCES = ("loss", "loss2", "magnitude")
 """Pruning scores ``PruneConfig.importance`` accepts."""
-TARGETS = ("latency", "macs", "params")
+TARGETS = ("latency", "latency-estimate", "macs", "params")
 """What ``PruneConfig.budget`` is a fraction of."""
+DEFAULT_TARGET = "latency"
+"""What ``prunecast prune`` and ``prunecast run`` budget: latency measured on the serving backend."""
+LATENCY_BACKENDS = ("onnxruntime", "tensorrt", "torch")
+"""Backends ``--target latency`` measures on (``--latency-backend``)."""
+DEFAULT_LATENCY_BATCH = 256
+"""The batch ``--target latency`` measures at (``--latency-batch``): the serving batch of a busy service."""
 DEFAULT_BUDGET = 0.18
 """Fraction of the estimated latency the pruned model keeps. On TTM r2 / ETTh1-96: 14.8x fewer MACs,
 5.6-6.7x lower latency at batch 256 over three runs (onnxruntime against eager PyTorch) and a test
 MSE below full fine-tuning's on each of three seeds; 0.25 keeps more accuracy margin, 0.12 is
 faster still."""
+MEASURED_BUDGET = 0.35
+"""Fraction of the measured latency (``--target latency``) the pruned model keeps. A measured
+budget is harder than the estimate's: the per-call cost of the graph does not shrink with the
+widths, so a fraction of it leaves far less for the layers than the same fraction of MACs."""
+
+
+def default_budget(target: str) -> float:
+    """The budget a target gets when none is given."""
+    return MEASURED_BUDGET if target == "latency" else DEFAULT_BUDGET
+
+
 FILL_POLICIES = ("error", "ffill", "interpolate", "zero", "none")
 """What ``prunecast forecast --fill`` does with a missing value (a NaN cell, or a timestamp absent from
 a series' regular grid): refuse it naming series and timestamp (the default), carry the last value

@@ -19,13 +19,14 @@ from __future__ import annotations
 import copy
 import sys
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 
 import numpy as np
 import torch
 
 from prunecast.bench import BenchConfig, bench
+from prunecast.bench.latency_model import LatencySettings, MeasuredLatency
 from prunecast.compress import (
     FinetuneConfig,
     PruneConfig,
@@ -60,6 +61,9 @@ class RunConfig:
     """What to do with a repeated or missing timestamp in ``data`` (default: refuse, naming the rows)."""
     horizon: int = 96
     prune: PruneConfig = field(default_factory=PruneConfig)
+    latency: LatencySettings = field(default_factory=LatencySettings)
+    """Where ``prune.target == "latency"`` measures: the serving backend, batch and threads (its
+    ``data`` and ``time_axis`` are taken from this config's)."""
     finetune: FinetuneConfig = field(default_factory=FinetuneConfig)
     compare_full_finetune: bool = False
     test_limit: int | None = None
@@ -117,6 +121,7 @@ def run(config: RunConfig, log=None) -> dict:
         data,
         config.prune,
         config.finetune,
+        latency=replace(config.latency, data=config.data, time_axis=config.time_axis),
         on_pruned=lambda: log(
             f"[{next(stage)}/{stages}] fine-tuning the pruned model, distilling from the original"
         ),
@@ -184,13 +189,18 @@ def prune_finetune(
     data: PreparedData,
     prune_config: PruneConfig,
     finetune_config: FinetuneConfig,
+    latency: LatencySettings | None = None,
     on_pruned=None,
 ) -> tuple[ForecastModule, PruneReport, FinetuneReport]:
     """The pruned variant: a copy of ``original`` pruned to ``prune_config.budget``, then fine-tuned
     with ``original`` as teacher. ``on_pruned`` is called between the two (progress logging).
+    ``latency``: where a ``latency`` target measures (default :class:`LatencySettings`).
     One function, so ``prunecast run`` and the benchmark grid train the same variant."""
     pruned = copy.deepcopy(original)
-    pr = prune(pruned, data.train, data.val, prune_config)
+    model = None
+    if prune_config.target == "latency":
+        model = MeasuredLatency(original, latency or LatencySettings())
+    pr = prune(pruned, data.train, data.val, prune_config, latency=model)
     if on_pruned is not None:
         on_pruned()
     ft = finetune(pruned, data.train, data.val, finetune_config, teacher=original)
