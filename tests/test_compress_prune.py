@@ -232,12 +232,12 @@ def test_prune_meets_the_budget_and_stays_consistent(small_ttm, small_data, impo
     assert report.to_dict()["macs_reduction"] >= 2
 
 
-def test_latency_target_meets_its_budget_and_weighs_activations(small_ttm, small_data):
+def test_latency_estimate_target_meets_its_budget_and_weighs_activations(small_ttm, small_data):
     cost0 = latency_cost(small_ttm)
     rows = linear_rows(small_ttm)
     assert cost0 == count_macs(small_ttm) + ACTIVATION_COST * activation_elements(small_ttm, rows)
     cfg = PruneConfig(
-        budget=0.4, target="latency", step_fraction=0.25, macro_batch=64, micro_batch=32, val_windows=256
+        budget=0.4, target="latency-estimate", step_fraction=0.25, macro_batch=64, micro_batch=32, val_windows=256
     )
     report = prune(small_ttm, small_data.train, small_data.val, cfg)
     assert latency_cost(small_ttm) <= 0.4 * cost0
@@ -304,6 +304,8 @@ def test_cli_prune_then_finetune(small_ttm, small_data, tmp_path, capsys):
                 str(tmp_path / "p"),
                 "--budget",
                 "0.6",
+                "--target",
+                "latency-estimate",
                 "--macro-batch",
                 "32",
                 *common,
@@ -332,7 +334,20 @@ def test_cli_prune_then_finetune(small_ttm, small_data, tmp_path, capsys):
     assert tuned["teacher"] == str(tmp_path / "base") and tuned["config"]["distill"] == 0.5
     assert load_saved(tmp_path / "f").model.config.d_model == load_saved(tmp_path / "p").model.config.d_model
     assert (
-        main(["prune", "--model", str(tmp_path / "p"), "-o", str(tmp_path / "x"), "--budget", "2", *common])
+        main(
+            [
+                "prune",
+                "--model",
+                str(tmp_path / "p"),
+                "-o",
+                str(tmp_path / "x"),
+                "--budget",
+                "2",
+                "--target",
+                "macs",
+                *common,
+            ]
+        )
         == 2
     )
     assert "budget must be in (0, 1]" in capsys.readouterr().err

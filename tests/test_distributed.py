@@ -180,6 +180,7 @@ def test_torchrun_prune_cli_writes_and_prints_on_rank_zero_only(tmp_path):
     csv = str(write_csv(tmp_path / "series.csv", rows=1200, columns=2))
     env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(REPO)}
     common = ["--model", str(tmp_path / "base"), "--data", csv, "--horizon", "16", "--budget", "0.6"]
+    common += ["--target", "latency-estimate"]
     done = _torchrun("prune", *common, "-o", str(tmp_path / "p"), "--macro-batch", "32", "--json", env=env)
     assert done.returncode == 0, done.stderr
     lines = [line for line in done.stdout.splitlines() if line.startswith("{")]

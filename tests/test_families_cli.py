@@ -113,7 +113,19 @@ def _prune_saved(make_model, tmp_path, capsys) -> tuple:
     pruned = _run(
         capsys,
         *("prune", "--model", str(tmp_path / "base"), "--context", str(L), "-o", str(tmp_path / "p")),
-        *("--budget", "0.5", "--max-steps", "2", "--macro-batch", "32", "--step-fraction", "0.4", *data),
+        *(
+            "--budget",
+            "0.5",
+            "--target",
+            "latency-estimate",
+            "--max-steps",
+            "2",
+            "--macro-batch",
+            "32",
+            "--step-fraction",
+            "0.4",
+            *data,
+        ),
     )
     return module, data, pruned
 
