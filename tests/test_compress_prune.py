@@ -237,7 +237,12 @@ def test_latency_estimate_target_meets_its_budget_and_weighs_activations(small_t
     rows = linear_rows(small_ttm)
     assert cost0 == count_macs(small_ttm) + ACTIVATION_COST * activation_elements(small_ttm, rows)
     cfg = PruneConfig(
-        budget=0.4, target="latency-estimate", step_fraction=0.25, macro_batch=64, micro_batch=32, val_windows=256
+        budget=0.4,
+        target="latency-estimate",
+        step_fraction=0.25,
+        macro_batch=64,
+        micro_batch=32,
+        val_windows=256,
     )
     report = prune(small_ttm, small_data.train, small_data.val, cfg)
     assert latency_cost(small_ttm) <= 0.4 * cost0

@@ -96,9 +96,10 @@ def bench(models: dict[str, str | Path], config: BenchConfig = BenchConfig()) ->
                     threads=config.threads,
                     spinning=False,
                 )
-                for b in backends
+                for b in runs_precision(art, backends)
             }
-            inputs = _inputs(config.data, forecasters[backends[0]], max(config.batch_sizes), config.time_axis)
+            first = next(iter(forecasters.values()))
+            inputs = _inputs(config.data, first, max(config.batch_sizes), config.time_axis)
             reference = forecasters["torch"].predict_batch(inputs) if "torch" in forecasters else None
             for backend, fc in forecasters.items():
                 parity = None
@@ -131,6 +132,22 @@ def bench(models: dict[str, str | Path], config: BenchConfig = BenchConfig()) ->
         },
         "models": {name: str(src) for name, src in models.items()},
     }
+
+
+def runs_precision(artifact: Path, backends: tuple[str, ...]) -> tuple[str, ...]:
+    """The backends that run ``artifact`` at its own precision: PyTorch runs the FP32 module saved
+    beside an FP16 or INT8 graph, so its row would time another model under the artifact's name."""
+    import json
+
+    from prunecast.export.manifest import MANIFEST_NAME
+
+    precision = json.loads((artifact / MANIFEST_NAME).read_text()).get("precision", "fp32")
+    kept = tuple(b for b in backends if b != "torch" or precision == "fp32")
+    if not kept:
+        raise ValueError(
+            f"{artifact} is {precision}: none of the backends {backends} runs it at that precision"
+        )
+    return kept
 
 
 def _inputs(data: str, forecaster, count: int, policy: TimeAxisPolicy) -> np.ndarray:

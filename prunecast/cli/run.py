@@ -65,6 +65,18 @@ def register(sub: argparse._SubParsersAction) -> None:
         help="CPU threads for every backend, and for --target latency's measurements (default 2)",
     )
     p.add_argument(
+        "--no-int8",
+        dest="int8",
+        action="store_false",
+        help="do not try an INT8 artifact as a candidate to ship (default: try it behind the accuracy guard)",
+    )
+    p.add_argument(
+        "--int8-tolerance",
+        type=float,
+        default=0.005,
+        help="relative validation-MSE rise the INT8 candidate may cost over FP32 (default 0.005)",
+    )
+    p.add_argument(
         "--out", type=Path, default=Path("runs/latest"), help="output directory (default runs/latest)"
     )
     p.add_argument("--json", action="store_true", help="print the report's headline figures as JSON")
@@ -78,6 +90,7 @@ def run(args: argparse.Namespace) -> int:
     from prunecast.compress import FinetuneConfig, PruneConfig, distributed
     from prunecast.pipeline import RunConfig
     from prunecast.pipeline import run as run_pipeline
+    from prunecast.pipeline.deploy import deploy_line
 
     prune_cfg = PruneConfig(budget=budget_from_args(args), target=args.target, importance=args.importance)
     ft_cfg = FinetuneConfig(distill=args.distill)
@@ -101,6 +114,8 @@ def run(args: argparse.Namespace) -> int:
         compare_full_finetune=args.compare_full_finetune,
         test_limit=args.test_limit,
         bench=bench_cfg,
+        int8=args.int8,
+        int8_tolerance=args.int8_tolerance,
     )
     with distributed.process_group():  # a no-op outside torchrun
         report = run_pipeline(config)
@@ -112,9 +127,9 @@ def run(args: argparse.Namespace) -> int:
         if v in report
     }
     emit(
-        {"out": str(args.out), **headline, "speedups": report["speedups"]},
+        {"out": str(args.out), **headline, "speedups": report["speedups"], "deploy": report["deploy"]},
         args.json,
         [f"{v}: MSE {h['mse']:.4f}  MAE {h['mae']:.4f}  MACs {h['macs']:,}" for v, h in headline.items()]
-        + [f"report: {args.out / 'report.md'}"],
+        + [deploy_line(report["deploy"]).replace("**", ""), f"report: {args.out / 'report.md'}"],
     )
     return 0

@@ -44,6 +44,7 @@ from prunecast.data import TimeAxisPolicy, prepare_windows
 from prunecast.data.windows import PreparedData
 from prunecast.evaluate import evaluate
 from prunecast.models import DEFAULT_MODEL, ForecastModule
+from prunecast.pipeline.deploy import deploy_block, deploy_line
 
 VARIANTS = ("zero_shot", "full_finetune", "pruned_finetune")
 
@@ -69,6 +70,10 @@ class RunConfig:
     test_limit: int | None = None
     """Evaluate only the first N test windows (quick runs); None: the whole test split."""
     bench: BenchConfig = field(default_factory=BenchConfig)
+    int8: bool = True
+    """Also export the pruned model to INT8 (behind the export's accuracy guard) as a candidate to ship."""
+    int8_tolerance: float = 0.005
+    """Relative rise of validation MSE the INT8 candidate may cost over FP32 (``export --int8-tolerance``)."""
     examples: int = 3
     """Test series drawn in the forecast plot."""
 
@@ -140,7 +145,7 @@ def run(config: RunConfig, log=None) -> dict:
     }
     variants["pruned_finetune"] = pruned
 
-    log(f"[{next(stage)}/{stages}] ONNX export of the original and pruned models, with parity")
+    log(f"[{next(stage)}/{stages}] ONNX export of the original and pruned models, with parity (and INT8)")
     from prunecast.export.onnx_export import ExportConfig, export_onnx
 
     artifacts = out / "artifacts"
@@ -157,15 +162,29 @@ def run(config: RunConfig, log=None) -> dict:
             ),
         )
         report["export"][name] = {"artifact": f"artifacts/{name}", "parity": asdict(manifest.parity)}
+    candidates, precisions, rejected = {"pruned": "artifacts/pruned"}, {"pruned": "fp32"}, {}
+    if config.int8:
+        int8 = _export_int8(pruned, artifacts / "pruned_int8", config)
+        if int8.accepted:
+            candidates["pruned_int8"], precisions["pruned_int8"] = "artifacts/pruned_int8", "int8"
+        else:
+            rejected["pruned_int8"] = int8.decision
+        report["export"]["pruned_int8"] = {"int8": asdict(int8)}
 
     log(
         f"[{next(stage)}/{stages}] latency of original vs pruned on {', '.join(config.bench.backends or ('every backend',))}"
     )
-    timing = bench({"original": artifacts / "original", "pruned": artifacts / "pruned"}, config.bench)
+    timing = bench(
+        {"original": artifacts / "original", **{n: out / a for n, a in candidates.items()}}, config.bench
+    )
     report["latency"] = timing["rows"]
     report["speedups"] = timing["speedups"]
     report["machine"] = timing["machine"]
     report["bench_config"] = timing["config"]
+    report["deploy"] = deploy_block(
+        timing, candidates, precisions, config.latency.batch, out, data.test, config.test_limit, rejected
+    )
+    log(deploy_line(report["deploy"]).replace("**", ""))
 
     log(f"[{next(stage)}/{stages}] report and plots")
     report["seconds"] = round(time.perf_counter() - started, 1)
@@ -174,6 +193,30 @@ def run(config: RunConfig, log=None) -> dict:
     write_report(report, out, _examples(variants, data.test, config.examples), pr.layers)
     log(f"done in {report['seconds']} s: {out / 'report.md'}")
     return report
+
+
+def _export_int8(module: ForecastModule, art: Path, config: RunConfig):
+    """The pruned model quantised to INT8 (calibrated on training windows) and judged by the
+    export's guard on validation; a rejected attempt leaves no artifact, only its record."""
+    import shutil
+
+    from prunecast.export.onnx_export import ExportConfig, export_onnx
+
+    manifest = export_onnx(
+        module,
+        art,
+        ExportConfig(
+            source_model=config.model,
+            source_revision=config.revision,
+            data=config.data,
+            time_axis=config.time_axis,
+            int8=True,
+            int8_tolerance=config.int8_tolerance,
+        ),
+    )
+    if not manifest.int8.accepted:
+        shutil.rmtree(art)
+    return manifest.int8
 
 
 def full_finetune(

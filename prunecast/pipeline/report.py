@@ -6,6 +6,7 @@ import json
 from pathlib import Path
 
 from prunecast.compress import LayerWidth
+from prunecast.pipeline.deploy import deploy_line
 from prunecast.pipeline.plots import plot_accuracy_vs_cost, plot_forecasts, plot_kept_widths
 
 PLOTS = {
@@ -53,6 +54,7 @@ def render_markdown(report: dict) -> str:
         f"Context {report['context_length']}, {report['test_windows']} test windows (scaled data), "
         f"{report['seconds']} s in all.",
         "",
+        *([deploy_line(report["deploy"]), ""] if "deploy" in report else []),
         "## Accuracy and size",
         "",
         "| variant | test MSE | test MAE | params | MMACs / series | MACs reduction | forecast head |",
@@ -66,6 +68,9 @@ def render_markdown(report: dict) -> str:
         )
     lines += ["", "## Export parity (ONNX vs PyTorch, max abs error on scaled data)", ""]
     for name, e in report["export"].items():
+        if "int8" in e:  # the INT8 candidate: the guard's verdict (FP32 parity is the pruned row's)
+            lines.append(f"- {name}: {e['int8']['decision']}")
+            continue
         p = e["parity"]
         lines.append(f"- {name}: {p['max_abs_err']:.2e} at batches {p['batch_sizes']} (`{e['artifact']}`)")
     m = report["machine"]
