@@ -166,6 +166,7 @@ def _all_speedups(rows: list[LatencyRow], names: list[str], backends: tuple[str,
     out = {}
     for name in names:
         for backend in backends:
-            if (name, backend) != baseline:
-                out[f"{name}/{backend}"] = speedups(rows, baseline, (name, backend))
+            ratios = speedups(rows, baseline, (name, backend))
+            if (name, backend) != baseline and ratios:  # a pair not timed (see runs_precision) has none
+                out[f"{name}/{backend}"] = ratios
     return {"baseline": f"{baseline[0]}/{baseline[1]}", "p50_ratio": out}
