@@ -12,9 +12,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
-import numpy as np
-
 from prunecast.data.windows import Windows
+from prunecast.evaluate.metrics import evaluate_predict
 
 
 def choose(rows: list[dict], candidates: dict[str, str], batch: int) -> dict:
@@ -37,15 +36,8 @@ def runtime_accuracy(
     fc = Forecaster.load(
         artifact, backend=backend, device="cuda" if backend == "tensorrt" else "cpu", threads=threads
     )
-    count = len(windows) if limit is None else min(limit, len(windows))
-    sq_err = abs_err = 0.0
-    values = 0
-    for contexts, targets in windows.batches(batch, limit=count):
-        diff = fc.predict_batch(contexts).astype(np.float64) - targets
-        sq_err += float(np.square(diff).sum())
-        abs_err += float(np.abs(diff).sum())
-        values += diff.size
-    return {"test_mse": sq_err / values, "test_mae": abs_err / values, "windows": count}
+    metrics = evaluate_predict(fc.predict_batch, windows, batch, limit, show_progress=False)
+    return {"test_mse": metrics.mse, "test_mae": metrics.mae, "windows": metrics.windows}
 
 
 def deploy_block(
