@@ -51,6 +51,7 @@ import numpy as np
 
 from prunecast.data import prepare_windows
 from prunecast.runtime import Forecaster
+from prunecast.runtime.server import LOOPS, resolve_loop, run_on_loop
 
 RESULTS = Path(__file__).resolve().parent / "results"
 PRUNECAST = [sys.executable, "-c", "import sys; from prunecast.cli import main; sys.exit(main())"]
@@ -83,6 +84,19 @@ def parse_args() -> argparse.Namespace:
         nargs="+",
         default=[64],
         help="in-process reference batches (default 64)",
+    )
+    p.add_argument(
+        "--server-loop",
+        default="auto",
+        choices=LOOPS,
+        help="server --loop (default auto: uvloop when installed)",
+    )
+    p.add_argument(
+        "--client-loop",
+        default="auto",
+        choices=LOOPS,
+        help="the load generator's event loop (default auto: uvloop when installed, so the client "
+        "takes less of the shared cores)",
     )
     p.add_argument("--seconds", type=float, default=3.0, help="time per in-process batch size (default 3)")
     p.add_argument("--out", default=str(RESULTS / "serve_load_v2.json"))
@@ -129,6 +143,7 @@ class Server:
         cmd = [*PRUNECAST, "serve", art_dir, "--name", name, "--host", "127.0.0.1", "--port", "0", "--json"]
         cmd += ["--backend", "onnxruntime", "--max-batch", str(args.max_batch)]
         cmd += ["--max-wait-ms", str(args.max_wait_ms), "--concurrent-batches", str(args.concurrent_batches)]
+        cmd += ["--loop", args.server_loop]
         if args.threads:
             cmd += ["--threads", str(args.threads)]
         env = {**os.environ, "PYTHONUNBUFFERED": "1"}
@@ -364,7 +379,7 @@ def bench_artifact(art_dir: str, args: argparse.Namespace) -> dict:
     server = Server(art_dir, label, args)
     levels: dict[str, list[dict]] = {protocol: [] for protocol in args.protocols}
     try:
-        parity = asyncio.run(served_parity(server, contexts[:64], forecaster))
+        parity = run_on_loop(served_parity(server, contexts[:64], forecaster), args.client_loop)
         raws = {protocol: [BUILDERS[protocol](server, b) for b in batches] for protocol in args.protocols}
         for c in args.concurrency:
             requests = max(c, args.requests if c > 1 else args.requests // 10)
@@ -372,7 +387,7 @@ def bench_artifact(art_dir: str, args: argparse.Namespace) -> dict:
             # ratio compares figures taken a minute apart at most on a machine whose load drifts
             adjacent = in_process(forecasters, contexts, 64, args.seconds)["series_per_s"]
             for protocol in args.protocols:
-                level = asyncio.run(load_level(server, raws[protocol], c, requests, k))
+                level = run_on_loop(load_level(server, raws[protocol], c, requests, k), args.client_loop)
                 level["in_process_batch64_series_per_s"] = adjacent
                 level["vs_in_process_batch64"] = round(level["series_per_s"] / adjacent, 3)
                 levels[protocol].append(level)
@@ -466,7 +481,12 @@ def main() -> None:
             "max_wait_ms": args.max_wait_ms,
             "concurrent_batches": args.concurrent_batches,
             "threads": args.threads,
+            "loop": resolve_loop(args.server_loop),
             "process": "separate from the load generator, same machine",
+        },
+        "load_generator": {
+            "loop": resolve_loop(args.client_loop),
+            "client": "minimal keep-alive HTTP/1.1, one connection per client",
         },
         "requests_per_level": args.requests,
         "artifacts": runs,

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import importlib.util
 import json
 import os
 import re
@@ -16,9 +17,10 @@ import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
 from prunecast.runtime import Backend, BatcherConfig, Forecaster
-from prunecast.runtime.server import FORECAST_PATH, ServeConfig, start_server
+from prunecast.runtime.server import FORECAST_PATH, ServeConfig, resolve_loop, start_server
 
 L, H = 64, 16
+HAS_UVLOOP = importlib.util.find_spec("uvloop") is not None
 PRUNECAST = [sys.executable, "-c", "import sys; from prunecast.cli import main; sys.exit(main())"]
 
 
@@ -236,16 +238,25 @@ def test_a_model_failure_is_a_500_for_that_request_only(forecaster):
         np.testing.assert_allclose(np.array(body["forecast"], np.float32), forecaster.predict(x), atol=1e-6)
 
 
-def test_serve_command_shuts_down_gracefully_answering_requests_in_flight(small_artifact):
+LOOPS = [
+    "asyncio",
+    pytest.param("uvloop", marks=pytest.mark.skipif(not HAS_UVLOOP, reason="uvloop not installed")),
+]
+
+
+@pytest.mark.parametrize("loop", LOOPS)
+def test_serve_command_shuts_down_gracefully_answering_requests_in_flight(small_artifact, loop):
     # A long max wait keeps the requests queued when SIGTERM arrives; shutdown does not wait it out.
     cmd = [*PRUNECAST, "serve", str(small_artifact), "--port", "0", "--json", "--name", "tiny"]
     cmd += ["--backend", "onnxruntime", "--threads", "1", "--max-batch", "1000", "--max-wait-ms", "3000"]
+    cmd += ["--loop", loop]
     env = {**os.environ, "PYTHONUNBUFFERED": "1"}
     proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
     try:
         ready = json.loads(proc.stdout.readline())
         url = ready["url"]
         assert ready["backend"] == "onnxruntime" and url.startswith("http://127.0.0.1:")
+        assert ready["loop"] == loop
         assert ready["name"] == "tiny" and ready["v2_url"] == f"{url}/v2/models/tiny"
         inputs = [series(1, 64, seed=i) for i in range(20)]
 
@@ -277,3 +288,14 @@ def test_serve_command_reports_a_bad_artifact_clearly(tmp_path, capsys):
     assert main(["serve", str(tmp_path / "nope"), "--port", "0"]) == 2
     err = capsys.readouterr().err
     assert "prunecast serve: error:" in err and "no such artifact directory" in err
+
+
+def test_the_event_loop_is_uvloop_when_installed_and_a_missing_one_is_a_clear_error(monkeypatch):
+    assert resolve_loop("asyncio") == "asyncio"
+    assert resolve_loop("auto") == ("uvloop" if HAS_UVLOOP else "asyncio")
+    with pytest.raises(ValueError, match="loop must be one of auto, asyncio, uvloop"):
+        ServeConfig(loop="trio")
+    monkeypatch.setitem(sys.modules, "uvloop", None)  # as if not installed: importing it fails
+    assert resolve_loop("auto") == "asyncio"
+    with pytest.raises(RuntimeError, match=r"--loop uvloop needs uvloop: pip install 'prunecast\[serve\]'"):
+        resolve_loop("uvloop")

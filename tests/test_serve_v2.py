@@ -36,10 +36,11 @@ def forecaster(small_artifact) -> Forecaster:
 
 
 @contextmanager
-def served(forecaster: Forecaster, drain_s: float = 0.0, **batcher):
-    """A started server on a free loopback port, its event loop in a thread of its own."""
+def served(forecaster: Forecaster, drain_s: float = 0.0, uvloop: bool = False, **batcher):
+    """A started server on a free loopback port, its event loop (asyncio's, or uvloop's) in a thread
+    of its own."""
     config = ServeConfig(port=0, batcher=BatcherConfig(**batcher), shutdown_timeout_s=10, drain_s=drain_s)
-    loop = asyncio.new_event_loop()
+    loop = pytest.importorskip("uvloop").new_event_loop() if uvloop else asyncio.new_event_loop()
     thread = threading.Thread(target=loop.run_forever, daemon=True)
     thread.start()
     server = asyncio.run_coroutine_threadsafe(start_server(forecaster, config), loop).result(30)
@@ -136,6 +137,20 @@ def test_infer_equals_in_process_predict(client, forecaster, binary_in, binary_o
     assert tensor["shape"] == [5, H] and tensor["datatype"] == "FP32"
     # no outputs named: the client asks for all of them binary
     assert ("data" not in tensor) == (binary_out is not False)
+
+
+def test_binary_infer_from_concurrent_clients_on_uvloop(forecaster):
+    with served(forecaster, uvloop=True, max_wait_ms=50) as server:
+        client = client_for(server, concurrency=4)
+        try:
+            xs = [series(1, seed=k) for k in range(8)]
+            pending = [client.async_infer(NAME, [context_input(x)]) for x in xs]
+            results = [p.get_result(timeout=30) for p in pending]
+        finally:
+            client.close()
+        assert metric(server, "prunecast_execution_total") < len(xs)  # merged into fewer model calls
+    for x, result in zip(xs, results, strict=True):
+        np.testing.assert_array_equal(result.as_numpy("forecast"), forecaster.predict(x))
 
 
 def test_nested_json_data_and_a_versioned_path(server, forecaster):

@@ -43,13 +43,19 @@ def register(sub: argparse._SubParsersAction) -> None:
         help="on SIGTERM, seconds to keep serving while /v2/health/ready says 503 (default 0)",
     )
     p.add_argument("--max-body-mb", type=float, default=8.0, help="largest request body (default 8 MB)")
+    p.add_argument(
+        "--loop",
+        default="auto",
+        choices=("auto", "asyncio", "uvloop"),
+        help="event loop (default auto: uvloop when installed, else asyncio)",
+    )
     p.add_argument("--json", action="store_true", help="print the startup line as one JSON object")
     p.set_defaults(func=run)
 
 
 def run(args: argparse.Namespace) -> int:
     from prunecast.runtime import BatcherConfig, Forecaster
-    from prunecast.runtime.server import ServeConfig, model_info, serve
+    from prunecast.runtime.server import ServeConfig, model_info, resolve_loop, serve
 
     batcher = BatcherConfig(
         max_batch_size=args.max_batch,
@@ -65,7 +71,9 @@ def run(args: argparse.Namespace) -> int:
         max_body_bytes=int(args.max_body_mb * 1024 * 1024),
         model_name=args.name,
         drain_s=args.drain_s,
+        loop=args.loop,
     )
+    loop = resolve_loop(args.loop)  # before loading the model: a missing uvloop fails at once
     # spinning off: idle ORT threads would otherwise steal the CPU the event loop needs
     forecaster = Forecaster.load(
         args.art_dir, backend=args.backend, device=args.device, threads=args.threads, spinning=False
@@ -83,6 +91,7 @@ def run(args: argparse.Namespace) -> int:
             "max_batch_size": args.max_batch,
             "max_wait_ms": args.max_wait_ms,
             "concurrent_batches": args.concurrent_batches,
+            "loop": loop,
         }
         emit(
             info,
@@ -91,7 +100,8 @@ def run(args: argparse.Namespace) -> int:
                 f"serving {info['model']} ({info['context_length']} -> {info['horizon']}) on {url}",
                 f"backend {info['backend']} on {info['device']}"
                 + (f" ({info['fallback']})" if info.get("fallback") else "")
-                + f"; batches up to {args.max_batch} series, waiting at most {args.max_wait_ms} ms",
+                + f"; batches up to {args.max_batch} series, waiting at most {args.max_wait_ms} ms"
+                + f"; event loop {loop}",
                 f"Open Inference Protocol: model {v2.name!r} version {v2.version} at {info['v2_url']}",
                 "POST /v1/forecast  GET /healthz  GET /metrics; Ctrl-C stops after answering requests in flight",
             ],
