@@ -14,6 +14,11 @@ default: the server's batcher has to do the merging). Protocols:
   the forecast asked back binary. Bodies are built once per request up front; one is checked
   byte for byte against ``tritonclient``'s own when it is installed.
 
+``--floor`` adds the same v2-binary levels against ``serve_floor.py``: aiohttp on the same event
+loop answering with a fixed reply, no parsing and no model, so the most an aiohttp server can
+answer on this machine beside this load generator (a target above it needs more than a cheaper
+model path).
+
 Every level reports throughput (series/s), p50/p95/p99 latency, the mean batch size the
 server formed (from ``/metrics``), the server process's CPU time per request (from
 ``/proc/PID/stat``), the model's compute time per request, the load generator's CPU per
@@ -98,6 +103,12 @@ def parse_args() -> argparse.Namespace:
         help="the load generator's event loop (default auto: uvloop when installed, so the client "
         "takes less of the shared cores)",
     )
+    p.add_argument(
+        "--floor",
+        action="store_true",
+        help="also load serve_floor.py (aiohttp answering v2 infer with no parsing and no model) at each "
+        "level: the most an aiohttp server can answer here beside this load generator",
+    )
     p.add_argument("--seconds", type=float, default=3.0, help="time per in-process batch size (default 3)")
     p.add_argument("--out", default=str(RESULTS / "serve_load_v2.json"))
     return p.parse_args()
@@ -137,15 +148,25 @@ def in_process(forecasters: dict[str, Forecaster], contexts: np.ndarray, batch: 
 
 
 class Server:
-    """``prunecast serve`` in a subprocess, on a free loopback port, serving ``name`` on /v2."""
+    """``prunecast serve`` in a subprocess, on a free loopback port, serving ``name`` on /v2
+    (``floor_horizon``: the no-work floor server of ``serve_floor.py`` instead, answering as if
+    for that horizon)."""
 
-    def __init__(self, art_dir: str, name: str, args: argparse.Namespace):
-        cmd = [*PRUNECAST, "serve", art_dir, "--name", name, "--host", "127.0.0.1", "--port", "0", "--json"]
-        cmd += ["--backend", "onnxruntime", "--max-batch", str(args.max_batch)]
-        cmd += ["--max-wait-ms", str(args.max_wait_ms), "--concurrent-batches", str(args.concurrent_batches)]
+    def __init__(self, art_dir: str, name: str, args: argparse.Namespace, floor_horizon: int | None = None):
+        if floor_horizon is None:
+            cmd = [*PRUNECAST, "serve", art_dir, "--name", name, "--host", "127.0.0.1", "--port", "0"]
+            cmd += ["--json", "--backend", "onnxruntime", "--max-batch", str(args.max_batch)]
+            cmd += [
+                "--max-wait-ms",
+                str(args.max_wait_ms),
+                "--concurrent-batches",
+                str(args.concurrent_batches),
+            ]
+            if args.threads:
+                cmd += ["--threads", str(args.threads)]
+        else:
+            cmd = [sys.executable, str(Path(__file__).with_name("serve_floor.py")), name, str(floor_horizon)]
         cmd += ["--loop", args.server_loop]
-        if args.threads:
-            cmd += ["--threads", str(args.threads)]
         env = {**os.environ, "PYTHONUNBUFFERED": "1"}
         self.name = name
         self.proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, text=True, env=env)
@@ -401,6 +422,7 @@ def bench_artifact(art_dir: str, args: argparse.Namespace) -> dict:
                 )
     finally:
         exit_code = server.stop()
+    floor = http_floor(label, forecaster.horizon, batches, args) if args.floor else None
     target = next(
         (lv for lv in levels.get(TARGET["protocol"], []) if lv["concurrency"] == TARGET["concurrency"]), None
     )
@@ -415,6 +437,7 @@ def bench_artifact(art_dir: str, args: argparse.Namespace) -> dict:
         "in_process": reference,
         "protocols": levels,
         "served_vs_in_process_max_abs_err": parity,
+        "http_floor": floor,
         "target": None
         if target is None
         else {
@@ -423,6 +446,9 @@ def bench_artifact(art_dir: str, args: argparse.Namespace) -> dict:
             "errors": target["errors"],
             "met": target["vs_in_process_batch64"] >= TARGET["vs_in_process_batch64"]
             and not target["errors"],
+            # the HTTP floor at the target's concurrency against the same in-process figure: above
+            # the target's 0.7 or not, i.e. whether any aiohttp server could meet it here
+            "http_floor_vs_in_process_batch64": _floor_ratio(floor, target),
         },
         "server_config": {
             "backend": server.info["backend"],
@@ -431,6 +457,35 @@ def bench_artifact(art_dir: str, args: argparse.Namespace) -> dict:
         },
         "server_exit_code": exit_code,
     }
+
+
+def _floor_ratio(floor: list[dict] | None, target: dict) -> float | None:
+    level = next((lv for lv in floor or [] if lv["concurrency"] == TARGET["concurrency"]), None)
+    if level is None:
+        return None
+    return round(level["series_per_s"] / target["in_process_batch64_series_per_s"], 3)
+
+
+def http_floor(label: str, horizon: int, batches: list[np.ndarray], args: argparse.Namespace) -> list[dict]:
+    """The v2-binary levels against the no-work floor server: what HTTP alone allows here."""
+    server = Server("", label, args, floor_horizon=horizon)
+    levels = []
+    try:
+        raws = [v2_request(server, b) for b in batches]
+        for c in args.concurrency:
+            requests = max(c, args.requests if c > 1 else args.requests // 10)
+            level = run_on_loop(
+                load_level(server, raws, c, requests, args.series_per_request), args.client_loop
+            )
+            levels.append(level)
+            print(
+                f"[{label}] HTTP floor c={c:>3}: {level['series_per_s']:>8.1f} series/s, "
+                f"server CPU {level['server_cpu_ms_per_request']} ms/req, errors {level['errors'] or 0}",
+                flush=True,
+            )
+    finally:
+        server.stop()
+    return levels
 
 
 def plot(result: dict, path: Path) -> None:
@@ -445,6 +500,15 @@ def plot(result: dict, path: Path) -> None:
         for protocol, levels in run["protocols"].items():
             conc = [lv["concurrency"] for lv in levels]
             ax.plot(conc, [lv["series_per_s"] for lv in levels], "o-", label=protocol)
+        if run.get("http_floor"):
+            floor = run["http_floor"]
+            ax.plot(
+                [lv["concurrency"] for lv in floor],
+                [lv["series_per_s"] for lv in floor],
+                "k^--",
+                lw=1,
+                label="HTTP floor (no parsing, no model)",
+            )
         ref = next((r["series_per_s"] for r in run["in_process"] if r["batch"] == 64), None)
         if ref is not None:
             ax.axhline(ref, ls="--", color="gray", lw=1, label="in-process batch 64")
