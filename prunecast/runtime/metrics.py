@@ -80,13 +80,20 @@ class ServerMetrics:
         depth = Gauge("prunecast_queue_depth", "Requests waiting for a batch.", registry=reg)
         depth.set_function(queue_depth)
         Info("prunecast_model", "The model served and how.", registry=reg).info(model)
+        self._requests_by: dict[tuple[str, int], Counter] = {}
+        self._latency_by: dict[str, Histogram] = {}
 
     def observe_request(self, protocol: str, status: int, seconds: float, series: int = 0) -> None:
-        self.requests.labels(protocol, str(status)).inc()
+        key = (protocol, status)
+        counted = self._requests_by.get(key)
+        if counted is None:  # looked up once per protocol and status, not on every request
+            counted = self._requests_by[key] = self.requests.labels(protocol, str(status))
+            self._latency_by.setdefault(protocol, self.latency.labels(protocol))
+        counted.inc()
         if status >= 400:
             self.errors.labels(protocol).inc()
         self.series.inc(series)
-        self.latency.labels(protocol).observe(seconds)
+        self._latency_by[protocol].observe(seconds)
 
     def observe_batch(self, size: int, compute_s: float, queued_s: Sequence[float]) -> None:
         """One model call of ``size`` series taking ``compute_s``, for requests queued ``queued_s``."""

@@ -7,6 +7,7 @@ once the fast whole-batch check has found something wrong.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 
 import numpy as np
@@ -51,7 +52,7 @@ def _from_array(array: np.ndarray, context_length: int, pad: bool) -> np.ndarray
         raise InputError(f"series must be 2-D [N, T], got an array of shape {tuple(array.shape)}")
     if array.shape[0] == 0:
         raise InputError("no series given: the array has 0 rows")
-    if not (np.issubdtype(array.dtype, np.integer) or np.issubdtype(array.dtype, np.floating)):
+    if array.dtype.kind not in "iuf":  # signed, unsigned, floating (a dtype test cheap per request)
         raise InputError(f"series must hold real numbers, got an array of dtype {array.dtype}")
     length = array.shape[1]
     if length < context_length:
@@ -62,7 +63,7 @@ def _from_array(array: np.ndarray, context_length: int, pad: bool) -> np.ndarray
     if tail.dtype != np.float32 or not tail.flags.c_contiguous:
         with np.errstate(over="ignore"):
             tail = np.ascontiguousarray(tail, dtype=np.float32)
-    _check_finite(tail, np.full(len(tail), length))
+    _check_finite(tail, length)
     return tail
 
 
@@ -97,16 +98,19 @@ def _too_short(index: int, length: int, context_length: int) -> InputError:
     )
 
 
-def _check_finite(batch: np.ndarray, lengths: np.ndarray) -> None:
-    """Refuse NaN/inf in the batch, naming the series and its position in the series as given."""
-    # NaN and inf propagate into the sum, which float64 keeps from overflowing: one pass, no temporary
-    if np.isfinite(batch.sum(dtype=np.float64)):
+def _check_finite(batch: np.ndarray, lengths: np.ndarray | int) -> None:
+    """Refuse NaN/inf in the batch, naming the series and its position in the series as given
+    (``lengths``: each series' length as given, or one length for all)."""
+    # NaN and inf propagate into the sum, which float64 keeps from overflowing: one pass, no
+    # temporary; math.isfinite on the Python float, as a server calls this once per request
+    if math.isfinite(batch.sum(dtype=np.float64)):
         return
     context_length = batch.shape[1]
     bad_row = int(np.argmax(~np.isfinite(batch).all(axis=1)))
     row = batch[bad_row]
     col = int(np.argmax(~np.isfinite(row)))
-    position = max(0, int(lengths[bad_row]) - context_length + col)
+    length = lengths if isinstance(lengths, int) else int(lengths[bad_row])
+    position = max(0, length - context_length + col)
     if np.isnan(row[col]):
         raise InputError(
             f"series {bad_row}: missing value (NaN or null) at position {position}; this model takes no "
