@@ -187,3 +187,29 @@ def test_manifest_refuses_precision_that_contradicts_the_int8_record(int8_artifa
     del data["int8"]
     with pytest.raises(ArtifactError, match="precision 'int8' contradicts the int8 record"):
         Manifest.from_dict(data)
+
+
+def test_quantize_artifact_matches_exporting_with_int8(int8_artifact, tmp_path, data):
+    from prunecast.export import quantize_artifact
+
+    module, exported = int8_artifact
+    fp32 = tmp_path / "fp32"
+    export_onnx(module, fp32, ExportConfig(source_model="small-ttm"))
+    out = tmp_path / "from_artifact"
+    manifest = quantize_artifact(fp32, out, ExportConfig(int8_tolerance=1.0))
+    want = load_manifest(exported)
+    assert manifest.precision == want.precision == "int8"
+    assert manifest.int8.fp32_val_mse == pytest.approx(want.int8.fp32_val_mse, rel=1e-6)
+    assert manifest.int8.int8_val_mse == pytest.approx(want.int8.int8_val_mse, rel=1e-6)
+    assert load_manifest(out).files == manifest.files  # hashed and verified as written
+    assert (out / "torch").is_dir() and load_manifest(fp32).precision == "fp32"  # the source is untouched
+    x = data.test.gather(np.arange(32))[0]
+    got = Forecaster.load(out, backend="onnxruntime", threads=1).predict(x)
+    np.testing.assert_allclose(
+        got, Forecaster.load(exported, backend="onnxruntime", threads=1).predict(x), atol=1e-5
+    )
+
+    with pytest.raises(ValueError, match="its precision is int8; INT8 is quantised from an FP32 artifact"):
+        quantize_artifact(out, tmp_path / "again")
+    with pytest.raises(ValueError, match="already exists"):
+        quantize_artifact(fp32, out)

@@ -23,6 +23,7 @@ from prunecast.export.manifest import (
 _LAZY = {
     "ExportConfig": "prunecast.export.onnx_export",
     "export_onnx": "prunecast.export.onnx_export",
+    "quantize_artifact": "prunecast.export.onnx_export",
     "convert_to_fp16": "prunecast.export.fp16",
     "Int8Config": "prunecast.export.int8",
     "quantize_with_guard": "prunecast.export.int8",

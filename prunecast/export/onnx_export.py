@@ -162,7 +162,7 @@ def _build(module: ForecastModule, stage: Path, config: ExportConfig, data: Prep
         files={ONNX_NAME: ""},  # hashed once every file is in place
     )
     if config.int8:
-        manifest = _quantize(module, stage, config, manifest, data)
+        manifest = _quantize(stage, config, manifest, data)
     from prunecast.compress import save_model
 
     save_model(module, stage / TORCH_DIR)
@@ -171,18 +171,53 @@ def _build(module: ForecastModule, stage: Path, config: ExportConfig, data: Prep
     return manifest
 
 
-def _quantize(
-    module: ForecastModule, stage: Path, config: ExportConfig, manifest: Manifest, data: PreparedData
+def quantize_artifact(
+    art_dir: str | Path, out_dir: str | Path, config: ExportConfig | None = None
 ) -> Manifest:
+    """A new artifact ``out_dir``: the FP32 artifact ``art_dir`` quantised to INT8 behind the guard,
+    as ``export_onnx(module, out_dir, ExportConfig(int8=True, ...))`` would make it, without exporting
+    and checking the FP32 graph a second time. ``config`` gives the calibration and validation data
+    (``data``, ``time_axis``), ``int8_tolerance`` and ``calibration_windows``; ``int8`` is implied.
+    A rejected attempt leaves an FP32 copy recording why, as the export does."""
+    from prunecast.data import prepare_windows
+    from prunecast.export.manifest import load_manifest
+
+    config = config or ExportConfig()
+    art_dir, out_dir = Path(art_dir), Path(out_dir)
+    manifest = load_manifest(art_dir)  # its files verified against their hashes
+    if manifest.precision != "fp32":
+        raise ExportError(
+            f"{art_dir}: its precision is {manifest.precision}; INT8 is quantised from an FP32 artifact"
+        )
+    config.int8_config().validate()
+    if out_dir.exists():
+        raise ExportError(f"{out_dir}: already exists; choose a new --out")
+    data = prepare_windows(config.data, manifest.context_length, manifest.horizon, policy=config.time_axis)
+    stage = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.", dir=out_dir.parent))
+    try:
+        shutil.copy2(art_dir / ONNX_NAME, stage / ONNX_NAME)
+        shutil.copytree(art_dir / TORCH_DIR, stage / TORCH_DIR)
+        manifest.engines = []  # TensorRT engines were built from the FP32 graph: not this artifact's
+        manifest = _quantize(stage, config, manifest, data)
+        manifest.files = hash_tree(stage, sorted(p.name for p in stage.iterdir()))
+        manifest.save(stage)
+    except BaseException:
+        shutil.rmtree(stage, ignore_errors=True)
+        raise
+    stage.chmod(0o755)
+    stage.rename(out_dir)
+    return manifest
+
+
+def _quantize(stage: Path, config: ExportConfig, manifest: Manifest, data: PreparedData) -> Manifest:
     """Try INT8 on ``stage/model.onnx``; swap it in when the guard accepts, and record the attempt."""
     from prunecast.export.int8 import quantize_with_guard
 
     with tempfile.TemporaryDirectory(prefix=".int8.", dir=stage.parent) as work:
         result = quantize_with_guard(stage / ONNX_NAME, Path(work), manifest, data, config.int8_config())
         if result.int8_path is not None:
-            check_graph(
-                result.int8_path, module.context_length, module.horizon, quantiles=len(module.quantile_levels)
-            )
+            quantiles = len(manifest.quantile_levels)
+            check_graph(result.int8_path, manifest.context_length, manifest.horizon, quantiles=quantiles)
             result.int8_path.replace(stage / ONNX_NAME)
     manifest.int8 = result.record
     if result.record.accepted:

@@ -164,7 +164,7 @@ def run(config: RunConfig, log=None) -> dict:
         report["export"][name] = {"artifact": f"artifacts/{name}", "parity": asdict(manifest.parity)}
     candidates, precisions, rejected = {"pruned": "artifacts/pruned"}, {"pruned": "fp32"}, {}
     if config.int8:
-        int8 = _export_int8(pruned, artifacts / "pruned_int8", config)
+        int8 = _export_int8(artifacts / "pruned", artifacts / "pruned_int8", config)
         if int8.accepted:
             candidates["pruned_int8"], precisions["pruned_int8"] = "artifacts/pruned_int8", "int8"
         else:
@@ -195,24 +195,17 @@ def run(config: RunConfig, log=None) -> dict:
     return report
 
 
-def _export_int8(module: ForecastModule, art: Path, config: RunConfig):
-    """The pruned model quantised to INT8 (calibrated on training windows) and judged by the
-    export's guard on validation; a rejected attempt leaves no artifact, only its record."""
+def _export_int8(fp32_art: Path, art: Path, config: RunConfig):
+    """The pruned FP32 artifact quantised to INT8 (calibrated on training windows) and judged by
+    the export's guard on validation; a rejected attempt leaves no artifact, only its record."""
     import shutil
 
-    from prunecast.export.onnx_export import ExportConfig, export_onnx
+    from prunecast.export.onnx_export import ExportConfig, quantize_artifact
 
-    manifest = export_onnx(
-        module,
+    manifest = quantize_artifact(
+        fp32_art,
         art,
-        ExportConfig(
-            source_model=config.model,
-            source_revision=config.revision,
-            data=config.data,
-            time_axis=config.time_axis,
-            int8=True,
-            int8_tolerance=config.int8_tolerance,
-        ),
+        ExportConfig(data=config.data, time_axis=config.time_axis, int8_tolerance=config.int8_tolerance),
     )
     if not manifest.int8.accepted:
         shutil.rmtree(art)
