@@ -183,3 +183,27 @@ def test_cli_prune_measures_latency_by_default(small_ttm, small_data, tmp_path, 
         assert main([*args, "-o", str(tmp_path / "t"), "--latency-backend", "tensorrt"]) == 2
         assert "latency backend tensorrt needs onnxruntime-gpu" in capsys.readouterr().err
         assert not (tmp_path / "t").exists()
+
+
+def test_per_unit_shape_changes_are_the_same_at_any_width(small_ttm):
+    # prune probes each group's per-unit change once and reuses it at every step: that holds only
+    # if removing units elsewhere leaves it unchanged
+    from prunecast.compress.groups import remove_units
+    from prunecast.compress.measured import unit_deltas
+    from prunecast.compress.prune import _groups
+
+    kinds = PruneConfig().kinds
+    groups = _groups(small_ttm, kinds)
+    floor = {g.name: g.min_units for g in groups}
+    before = unit_deltas(small_ttm, groups, floor, 8)
+    assert before and all(before.values())
+    shapes = linear_shapes(small_ttm, 8)
+    for name in [g.name for g in groups]:  # a third of every group's units gone, group by group
+        group = {g.name: g for g in _groups(small_ttm, kinds)}[name]
+        remove_units(small_ttm, group, list(range(max(0, min(group.units // 3, group.units - 2)))))
+    after = unit_deltas(small_ttm, _groups(small_ttm, kinds), floor, 8)
+    now = linear_shapes(small_ttm, 8)
+    assert all(now[n] != shapes[n] for n in shapes)  # every Linear narrower or fewer rows
+    assert set(after) == set(before)
+    for name in before:
+        assert after[name] == before[name], name  # whole numbers of rows and features per unit

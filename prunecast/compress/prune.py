@@ -43,7 +43,7 @@ from prunecast.compress.cost import (
 from prunecast.compress.discover import DroppedGroup, dropped_groups, pruning_spec
 from prunecast.compress.groups import remove_units, slice_width, tp_group
 from prunecast.compress.importance import LossGuidedImportance
-from prunecast.compress.measured import check, predict, seconds_per_unit, unit_deltas
+from prunecast.compress.measured import Delta, check, predict, seconds_per_unit, unit_deltas
 from prunecast.compress.rounding import UnitLedger, WidthRounding, apply_rounding, plan_rounding
 from prunecast.compress.training import sample_indices, tensors, val_loss
 from prunecast.data.windows import Windows
@@ -206,6 +206,9 @@ def prune(
     metric0 = _measure(module, config.target, latency)
     goal = config.budget * metric0
     ema: dict[str, torch.Tensor] = {}
+    # each group's per-unit change of every Linear's shape: the same at any width (each dimension of
+    # a Linear is one group's width, times constants), so probed once per group, not every step
+    deltas: dict[str, Delta] = {}
     steps: list[PruneStep] = []
     stopped_early = False
     show = distributed.show_progress(config.show_progress)
@@ -230,7 +233,7 @@ def prune(
                 if prev is None
                 else config.ema_alpha * prev + (1 - config.ema_alpha) * scores[g.name]
             )
-        costs = _unit_costs(module, groups, floor, config.target, latency)
+        costs = _unit_costs(module, groups, floor, config.target, latency, deltas)
         chosen = _agree(groups, _choose(groups, ema, floor, metric - goal, costs, config))
         if not any(chosen.values()):
             break
@@ -260,7 +263,7 @@ def prune(
             break
     rounding: list[WidthRounding] = []
     if unpruned is not None:
-        rounding = _round(module, unpruned, ledger, ema, floor, original, latency, goal, config.kinds)
+        rounding = _round(module, unpruned, ledger, ema, floor, original, latency, goal, config.kinds, deltas)
     final = {g.name: g.units for g in _groups(module, config.kinds)}
     rounded = bool(rounding) and any(r.rounded != r.pruned for r in rounding)
     return PruneReport(
@@ -354,11 +357,12 @@ def _round(
     latency: LatencyModel,
     goal: float,
     kinds: tuple[str, ...],
+    deltas: dict[str, Delta],
 ) -> list[WidthRounding]:
     """Round the widths of ``module`` (see :mod:`prunecast.compress.rounding`) and return the plan."""
     groups = _groups(module, kinds)
     shapes = linear_shapes(module, latency.batch_size)
-    deltas = unit_deltas(module, groups, floor, latency.batch_size)
+    deltas = _deltas(module, groups, floor, latency.batch_size, deltas)
     plan = plan_rounding(latency, shapes, groups, deltas, floor, original, goal)
     order = {
         g.name: torch.argsort(ema[g.name].abs()).tolist() if g.name in ema else list(range(g.units))
@@ -447,14 +451,29 @@ def _unit_costs(
     floor: dict[str, int],
     target: str,
     latency: LatencyModel | None,
+    deltas: dict[str, Delta],
 ) -> dict[str, float]:
     """What removing one unit of each group saves: predicted seconds, estimated cost, MACs or parameters."""
     if target == "latency":
         shapes = linear_shapes(module, latency.batch_size)
-        deltas = unit_deltas(module, groups, floor, latency.batch_size)
+        deltas = _deltas(module, groups, floor, latency.batch_size, deltas)
         return seconds_per_unit(latency, shapes, groups, deltas, floor)
     rows = linear_rows(module) if target in ("macs", "latency-estimate") else {}
     return {g.name: _group_unit_cost(module, g, rows, target) for g in groups}
+
+
+def _deltas(
+    module: ForecastModule,
+    groups: list[PruneGroup],
+    floor: dict[str, int],
+    batch: int,
+    known: dict[str, Delta],
+) -> dict[str, Delta]:
+    """``known`` (updated in place) with the per-unit shape changes of groups not probed yet."""
+    missing = [g for g in groups if g.name not in known]
+    if missing:
+        known.update(unit_deltas(module, missing, floor, batch))
+    return known
 
 
 def _group_unit_cost(module: ForecastModule, group: PruneGroup, rows: dict[str, int], target: str) -> float:
