@@ -92,9 +92,11 @@ def parse_args() -> argparse.Namespace:
     )
     p.add_argument(
         "--server-loop",
-        default="auto",
+        nargs="+",
+        default=["auto"],
         choices=LOOPS,
-        help="server --loop (default auto: uvloop when installed)",
+        help="server --loop (default auto: uvloop when installed); several: one server each, loaded "
+        "side by side at every level (the target is judged on the first)",
     )
     p.add_argument(
         "--client-loop",
@@ -152,7 +154,14 @@ class Server:
     (``floor_horizon``: the no-work floor server of ``serve_floor.py`` instead, answering as if
     for that horizon)."""
 
-    def __init__(self, art_dir: str, name: str, args: argparse.Namespace, floor_horizon: int | None = None):
+    def __init__(
+        self,
+        art_dir: str,
+        name: str,
+        args: argparse.Namespace,
+        loop: str,
+        floor_horizon: int | None = None,
+    ):
         if floor_horizon is None:
             cmd = [*PRUNECAST, "serve", art_dir, "--name", name, "--host", "127.0.0.1", "--port", "0"]
             cmd += ["--json", "--backend", "onnxruntime", "--max-batch", str(args.max_batch)]
@@ -166,7 +175,7 @@ class Server:
                 cmd += ["--threads", str(args.threads)]
         else:
             cmd = [sys.executable, str(Path(__file__).with_name("serve_floor.py")), name, str(floor_horizon)]
-        cmd += ["--loop", args.server_loop]
+        cmd += ["--loop", loop]
         env = {**os.environ, "PYTHONUNBUFFERED": "1"}
         self.name = name
         self.proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, text=True, env=env)
@@ -397,23 +406,36 @@ def bench_artifact(art_dir: str, args: argparse.Namespace) -> dict:
 
     k = args.series_per_request
     batches = [contexts[i : i + k] for i in range(0, len(contexts) - k + 1, k)]
-    server = Server(art_dir, label, args)
-    levels: dict[str, list[dict]] = {protocol: [] for protocol in args.protocols}
+    # one server per event loop compared, all started up front and loaded in turn at each level
+    servers = {loop: Server(art_dir, label, args, loop) for loop in args.server_loop}
+    server = servers[args.server_loop[0]]
+    key = {
+        (protocol, loop): protocol if len(servers) == 1 else f"{protocol} on {resolve_loop(loop)}"
+        for protocol in args.protocols
+        for loop in servers
+    }
+    levels: dict[str, list[dict]] = {name: [] for name in key.values()}
     try:
-        parity = run_on_loop(served_parity(server, contexts[:64], forecaster), args.client_loop)
+        parity = {
+            resolve_loop(loop): run_on_loop(served_parity(srv, contexts[:64], forecaster), args.client_loop)
+            for loop, srv in servers.items()
+        }
+        parity = parity[resolve_loop(args.server_loop[0])] if len(servers) == 1 else parity
         raws = {protocol: [BUILDERS[protocol](server, b) for b in batches] for protocol in args.protocols}
         for c in args.concurrency:
             requests = max(c, args.requests if c > 1 else args.requests // 10)
             # in-process batch 64 again just before each level (the server idles meanwhile), so the
             # ratio compares figures taken a minute apart at most on a machine whose load drifts
             adjacent = in_process(forecasters, contexts, 64, args.seconds)["series_per_s"]
-            for protocol in args.protocols:
-                level = run_on_loop(load_level(server, raws[protocol], c, requests, k), args.client_loop)
+            for (protocol, loop), name in key.items():
+                level = run_on_loop(
+                    load_level(servers[loop], raws[protocol], c, requests, k), args.client_loop
+                )
                 level["in_process_batch64_series_per_s"] = adjacent
                 level["vs_in_process_batch64"] = round(level["series_per_s"] / adjacent, 3)
-                levels[protocol].append(level)
+                levels[name].append(level)
                 print(
-                    f"[{label}] {protocol:>9} c={c:>3}: {level['series_per_s']:>8.1f} series/s "
+                    f"[{label}] {name:>9} c={c:>3}: {level['series_per_s']:>8.1f} series/s "
                     f"({level['vs_in_process_batch64']:.0%} of in-process batch 64 = {adjacent}), "
                     f"p50 {level['latency_ms_p50']} ms, p99 {level['latency_ms_p99']} ms, "
                     f"server CPU {level['server_cpu_ms_per_request']} ms/req, "
@@ -421,11 +443,10 @@ def bench_artifact(art_dir: str, args: argparse.Namespace) -> dict:
                     flush=True,
                 )
     finally:
-        exit_code = server.stop()
+        exit_code = max(srv.stop() for srv in servers.values())
     floor = http_floor(label, forecaster.horizon, batches, args) if args.floor else None
-    target = next(
-        (lv for lv in levels.get(TARGET["protocol"], []) if lv["concurrency"] == TARGET["concurrency"]), None
-    )
+    primary = key.get((TARGET["protocol"], args.server_loop[0]))
+    target = next((lv for lv in levels.get(primary, []) if lv["concurrency"] == TARGET["concurrency"]), None)
     return {
         "label": label,
         "art_dir": str(art_dir),
@@ -442,6 +463,7 @@ def bench_artifact(art_dir: str, args: argparse.Namespace) -> dict:
         if target is None
         else {
             **TARGET,
+            "levels": primary,
             "measured": target["vs_in_process_batch64"],
             "errors": target["errors"],
             "met": target["vs_in_process_batch64"] >= TARGET["vs_in_process_batch64"]
@@ -468,7 +490,7 @@ def _floor_ratio(floor: list[dict] | None, target: dict) -> float | None:
 
 def http_floor(label: str, horizon: int, batches: list[np.ndarray], args: argparse.Namespace) -> list[dict]:
     """The v2-binary levels against the no-work floor server: what HTTP alone allows here."""
-    server = Server("", label, args, floor_horizon=horizon)
+    server = Server("", label, args, args.server_loop[0], floor_horizon=horizon)
     levels = []
     try:
         raws = [v2_request(server, b) for b in batches]
@@ -545,7 +567,7 @@ def main() -> None:
             "max_wait_ms": args.max_wait_ms,
             "concurrent_batches": args.concurrent_batches,
             "threads": args.threads,
-            "loop": resolve_loop(args.server_loop),
+            "loop": [resolve_loop(loop) for loop in args.server_loop],
             "process": "separate from the load generator, same machine",
         },
         "load_generator": {
