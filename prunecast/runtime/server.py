@@ -33,6 +33,11 @@ MODEL_VERSION = "1"
 LOOPS = ("auto", "asyncio", "uvloop")
 
 
+def _check_loop(loop: str) -> None:
+    if loop not in LOOPS:
+        raise ValueError(f"loop must be one of {', '.join(LOOPS)}, got {loop!r}")
+
+
 @dataclass(frozen=True)
 class ServeConfig:
     """Where to listen and how to batch. ``max_body_bytes`` bounds one request (413 beyond it);
@@ -40,8 +45,9 @@ class ServeConfig:
     how long shutdown keeps serving while readiness already says no, so a load balancer (a
     Kubernetes readiness probe) stops sending before the port closes. ``model_name`` is the
     model's name on ``/v2`` (default: the artifact directory's name). ``loop``: the event loop
-    :func:`serve` runs on (one of :data:`LOOPS`): uvloop's libuv loop costs the event loop less per
-    request than asyncio's own, and on a small CPU the event loop competes with the model for cores."""
+    :func:`serve` runs on (one of :data:`LOOPS`; see :func:`resolve_loop`). Whether uvloop lowers the
+    server's CPU per request here is not yet measured on an idle machine (``benchmarks/serve_load.py
+    --server-loop uvloop asyncio``); on a busy one it did not."""
 
     host: str = "127.0.0.1"
     port: int = 8000
@@ -53,8 +59,7 @@ class ServeConfig:
     loop: str = "auto"
 
     def __post_init__(self) -> None:
-        if self.loop not in LOOPS:
-            raise ValueError(f"loop must be one of {', '.join(LOOPS)}, got {self.loop!r}")
+        _check_loop(self.loop)
 
 
 def model_info(forecaster: Forecaster, name: str | None = None) -> oip.ModelInfo:
@@ -362,8 +367,7 @@ def serve(
 def resolve_loop(loop: str) -> str:
     """The event loop ``loop`` means here: ``auto`` is uvloop when it is installed, else asyncio.
     Asking for uvloop without it installed is an error that says how to install it."""
-    if loop not in LOOPS:
-        raise ValueError(f"loop must be one of {', '.join(LOOPS)}, got {loop!r}")
+    _check_loop(loop)
     if loop == "asyncio":
         return loop
     try:
