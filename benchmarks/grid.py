@@ -18,6 +18,11 @@ beside the default pruned cell, never in the grid's columns or averages):
   model keeps its native head and is fine-tuned through the roll-out (``FinetuneConfig.head =
   "rollout"``), like the zero-shot row, instead of growing a head of the whole horizon. At or
   below the native horizon it is the same as ``pruned_finetune``.
+- ``pruned_truth``: as ``pruned_finetune``, fine-tuned on the truth alone (``FinetuneConfig.distill
+  = 0``): where full fine-tuning beats zero-shot by far, distilling from the original pulls the
+  pruned model towards the worse zero-shot forecast.
+- ``pruned_long``: as ``pruned_finetune``, fine-tuned for 20 epochs instead of 10: the pruned model
+  starts further from its best than the full one and costs less per epoch.
 
 Zero-shot transfer: the pruned model a ``pruned_finetune`` cell trained (cached in ``--work-dir``)
 is evaluated, without further training, on another dataset's test split at the same horizon,
@@ -78,13 +83,25 @@ VARIANTS = ("zero_shot", "full_finetune", "pruned_finetune")
 EXTRA_VARIANTS = {
     "pruned_rollout": "pruned as prune + fine-tune, then fine-tuned through the roll-out of the "
     "native head (no grown head) past the checkpoint's horizon",
+    "pruned_truth": "pruned as prune + fine-tune, then fine-tuned on the truth alone (distill 0: "
+    "no pull towards the original's zero-shot forecast)",
+    "pruned_long": "pruned as prune + fine-tune, then fine-tuned for twice the epochs (20; its cosine "
+    "schedule over all of them)",
 }
 """Variants tried against a losing cell (opt-in), with what each changes."""
+EXTRA_FINETUNE = {
+    "pruned_rollout": {"head": "rollout"},
+    "pruned_truth": {"distill": 0.0},
+    "pruned_long": {"epochs": 20},
+}
+"""Each extra variant's change to the pruned cell's fine-tuning config."""
 LABELS = {
     "zero_shot": "zero-shot",
     "full_finetune": "full fine-tune",
     "pruned_finetune": "prune + fine-tune",
     "pruned_rollout": "prune + fine-tune, rolled-out head",
+    "pruned_truth": "prune + fine-tune on the truth alone",
+    "pruned_long": "prune + fine-tune, 20 epochs",
 }
 TRANSFERS = (("ETTh1", "ETTm1"), ("ETTm1", "ETTh1"), ("ETTh1", "weather"))
 PUBLISHED = {
@@ -277,10 +294,9 @@ class Grid:
             if task.variant == "full_finetune":
                 module, ft = full_finetune(original, data, ft_cfg)
                 extra["finetune"] = _finetune_summary(ft.to_dict())
-            elif task.variant in ("pruned_finetune", "pruned_rollout"):
+            elif task.variant == "pruned_finetune" or task.variant in EXTRA_FINETUNE:
                 prune_cfg = replace(config.prune, seed=task.seed)
-                if task.variant == "pruned_rollout":
-                    ft_cfg = replace(ft_cfg, head="rollout")
+                ft_cfg = replace(ft_cfg, **EXTRA_FINETUNE.get(task.variant, {}))
                 module, pr, ft = prune_finetune(original, data, prune_cfg, ft_cfg)
                 extra["prune"] = _prune_summary(pr.to_dict())
                 extra["finetune"] = _finetune_summary(ft.to_dict())
@@ -384,7 +400,7 @@ def _prune_summary(report: dict) -> dict:
 
 
 def _finetune_summary(report: dict) -> dict:
-    return {k: v for k, v in report.items() if k != "config"}
+    return {**{k: v for k, v in report.items() if k != "config"}, "distill": report["config"]["distill"]}
 
 
 def _utc() -> str:

@@ -8,6 +8,7 @@ from dataclasses import replace
 import pytest
 import torch
 
+from prunecast.common.defaults import DEFAULT_DISTILL
 from prunecast.compress import FinetuneConfig, PruneConfig, load_model
 from prunecast.data import prepare_windows
 from prunecast.evaluate import evaluate
@@ -179,3 +180,17 @@ def test_tried_variant_keeps_the_rolled_out_head_and_has_its_own_table(config):
         *(f"{grown[m]:.4f}" for m in ("mse", "mae")),
         "1",
     ]
+
+
+def test_truth_variant_is_the_same_pruning_fine_tuned_without_the_teacher(config):
+    """``pruned_truth`` prunes as the default cell does and fine-tunes on the truth alone."""
+    both = replace(config, horizons=(H,), variants=("pruned_finetune", "pruned_truth"), transfers=())
+    grid.Grid(both, log=lambda m: None).run()
+    cells = json.loads(config.results.read_text())["cells"]
+    default, truth = cells[f"a|{H}|pruned_finetune|0"], cells[f"a|{H}|pruned_truth|0"]
+    assert default["finetune"]["distill"] == DEFAULT_DISTILL and truth["finetune"]["distill"] == 0.0
+    same = ("params_after", "macs_after")
+    assert [truth["prune"][k] for k in same] == [default["prune"][k] for k in same]
+    assert truth["mse"] != default["mse"]
+    tried = config.results.with_suffix(".md").read_text().split("## Variants tried against losing cells")[1]
+    assert "prune + fine-tune on the truth alone" in tried
