@@ -1,14 +1,17 @@
 """Accuracy of prune-then-finetune on ETTh1-96 with TTM r2 (issue 8 benchmark).
 
-Rows: zero-shot; full fine-tuning; prune-then-finetune at several latency budgets (loss-guided
-score, fine-tuned with the unpruned model as teacher, as ``prunecast run`` does); two ablations
-at one budget: Torch-Pruning's magnitude score, and fine-tuning on the truth alone (no
+Rows: zero-shot; full fine-tuning; prune-then-finetune at several budgets of ``--target`` (default
+the estimated latency; ``--target latency`` measures on onnxruntime, as ``prunecast run``'s default
+does) with the loss-guided score, fine-tuned with the unpruned model as teacher; two ablations at
+one budget: Torch-Pruning's magnitude score, and fine-tuning on the truth alone (no
 distillation); and DLinear trained from scratch. Every trained row runs over ``--seeds`` seeds
 (mean and std of test MSE/MAE), with parameters, MACs (batch 1) and wall time. The test split is
 only ever evaluated, never used to choose anything.
 
     python benchmarks/accuracy.py                         # the full table (about an hour on 2 cores)
     python benchmarks/accuracy.py --budgets 0.5 --seeds 0 # one quick row
+    python benchmarks/accuracy.py --target latency --budgets 0.35 --ablation-budget 0 \
+        --output benchmarks/results/accuracy_measured.json   # prunecast run's default, 3 seeds
     python benchmarks/accuracy.py --family patchtst       # PatchTST rows only (no TTM rows)
 
 ``--family patchtst`` trains the published ETTh1 PatchTST/42 shape (context 336, patch 16 stride
@@ -35,6 +38,8 @@ from pathlib import Path
 import torch
 from torch import nn
 
+from prunecast.bench.latency_model import LatencySettings, MeasuredLatency
+from prunecast.common.defaults import TARGETS
 from prunecast.compress import FinetuneConfig, PruneConfig, count_macs, count_params, finetune, prune
 from prunecast.data import prepare_windows
 from prunecast.evaluate import evaluate
@@ -82,7 +87,10 @@ def run_row(
         start = time.perf_counter()
         prune_report = None
         if prune_cfg is not None:
-            prune_report = prune(module, data.train, data.val, PruneConfig(**{**prune_cfg, "seed": seed}))
+            config = PruneConfig(**{**prune_cfg, "seed": seed})
+            # as prunecast run: a measured budget times the model's blocks on the serving backend
+            latency = MeasuredLatency(module, LatencySettings()) if config.target == "latency" else None
+            prune_report = prune(module, data.train, data.val, config, latency=latency)
         ft_report = None
         if do_finetune:
             ft_cfg_seed = FinetuneConfig(**{**(ft_cfg or {}), "seed": seed})
@@ -180,6 +188,12 @@ def main() -> None:
     )
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     parser.add_argument(
+        "--target",
+        choices=TARGETS,
+        default="latency-estimate",
+        help="what --budgets are fractions of (latency: measured on onnxruntime, as prunecast run's default)",
+    )
+    parser.add_argument(
         "--ablation-budget", type=float, default=0.12, help="budget of the two ablations (0: skip)"
     )
     parser.add_argument("--skip-full", action="store_true", help="skip the full fine-tuning baseline")
@@ -201,17 +215,21 @@ def main() -> None:
     if not args.skip_full:
         rows.append(run_row("full fine-tune", ttm, data, args.seeds))
     teacher = ttm()  # the unpruned model the pruned ones distil from (prunecast run does the same)
+    of = (
+        "" if args.target == "latency-estimate" else f" of {args.target}"
+    )  # the rows' names before it had one
     for budget in args.budgets:
-        name = f"prune {budget:g} + ft (loss)"
-        rows.append(run_row(name, ttm, data, args.seeds, prune_cfg={"budget": budget}, teacher=teacher))
+        name = f"prune {budget:g}{of} + ft (loss)"
+        cfg = {"budget": budget, "target": args.target}
+        rows.append(run_row(name, ttm, data, args.seeds, prune_cfg=cfg, teacher=teacher))
         _save(args.output, rows, args)
     if args.ablation_budget:
         budget = args.ablation_budget
-        cfg = {"budget": budget, "importance": "magnitude"}
-        name = f"prune {budget:g} + ft (magnitude)"
+        cfg = {"budget": budget, "target": args.target, "importance": "magnitude"}
+        name = f"prune {budget:g}{of} + ft (magnitude)"
         rows.append(run_row(name, ttm, data, args.seeds, prune_cfg=cfg, teacher=teacher))
-        name = f"prune {budget:g} + ft (loss, no distillation)"
-        rows.append(run_row(name, ttm, data, args.seeds, prune_cfg={"budget": budget}))
+        name = f"prune {budget:g}{of} + ft (loss, no distillation)"
+        rows.append(run_row(name, ttm, data, args.seeds, prune_cfg={"budget": budget, "target": args.target}))
         _save(args.output, rows, args)
     dlinear_ft = {"lr_candidates": (1e-3, 3e-3, 1e-2), "epochs": 10}
     rows.append(run_row("DLinear", lambda: DLinear(512, 96), data, args.seeds, ft_cfg=dlinear_ft))
