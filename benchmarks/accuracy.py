@@ -215,9 +215,8 @@ def main() -> None:
     if not args.skip_full:
         rows.append(run_row("full fine-tune", ttm, data, args.seeds))
     teacher = ttm()  # the unpruned model the pruned ones distil from (prunecast run does the same)
-    of = (
-        "" if args.target == "latency-estimate" else f" of {args.target}"
-    )  # the rows' names before it had one
+    # a latency-estimate row keeps the name it had before --target existed
+    of = "" if args.target == "latency-estimate" else f" of {args.target}"
     for budget in args.budgets:
         name = f"prune {budget:g}{of} + ft (loss)"
         cfg = {"budget": budget, "target": args.target}
