@@ -194,3 +194,20 @@ def test_truth_variant_is_the_same_pruning_fine_tuned_without_the_teacher(config
     assert truth["mse"] != default["mse"]
     tried = config.results.with_suffix(".md").read_text().split("## Variants tried against losing cells")[1]
     assert "prune + fine-tune on the truth alone" in tried
+
+
+def test_tried_table_compares_on_the_tried_variant_s_own_seeds():
+    """A tried variant run on seed 0 only is set against the default cells of seed 0, not against
+    their mean over seeds 0-2 (zero-shot has one cell and is always shown)."""
+    cells = {
+        "w|96|zero_shot|0": _cell("w", 96, "zero_shot", 0, 0.150, 0.20),
+        "w|96|pruned_long|0": _cell("w", 96, "pruned_long", 0, 0.152, 0.21),
+    }
+    for seed, (ft, pruned) in enumerate([(0.140, 0.151), (0.150, 0.160), (0.160, 0.170)]):
+        cells[f"w|96|full_finetune|{seed}"] = _cell("w", 96, "full_finetune", seed, ft, 0.19)
+        cells[f"w|96|pruned_finetune|{seed}"] = _cell("w", 96, "pruned_finetune", seed, pruned, 0.22)
+    row = grid.extra_table({"cells": cells, "transfer": {}})[2]
+    assert row == (
+        "| w | 96 | prune + fine-tune, 20 epochs | 0.1520 | 0.2100 | 0.1500 | 0.2000 | **0.1400** | **0.1900** "
+        "| 0.1510 | 0.2200 | 1 |"
+    )
