@@ -23,6 +23,8 @@ beside the default pruned cell, never in the grid's columns or averages):
   pruned model towards the worse zero-shot forecast.
 - ``pruned_long``: as ``pruned_finetune``, fine-tuned for 20 epochs instead of 10: the pruned model
   starts further from its best than the full one and costs less per epoch.
+- ``pruned_budget035``: as ``pruned_finetune``, pruned to a budget of 0.35 instead of 0.18: whether a
+  losing cell lacks capacity rather than training.
 
 Zero-shot transfer: the pruned model a ``pruned_finetune`` cell trained (cached in ``--work-dir``)
 is evaluated, without further training, on another dataset's test split at the same horizon,
@@ -87,14 +89,17 @@ EXTRA_VARIANTS = {
     "no pull towards the original's zero-shot forecast)",
     "pruned_long": "pruned as prune + fine-tune, then fine-tuned for twice the epochs (20; its cosine "
     "schedule over all of them)",
+    "pruned_budget035": "pruned to 0.35 of the estimated latency instead of 0.18 (about half as much "
+    "removed), then fine-tuned as prune + fine-tune",
 }
 """Variants tried against a losing cell (opt-in), with what each changes."""
-EXTRA_FINETUNE = {
-    "pruned_rollout": {"head": "rollout"},
-    "pruned_truth": {"distill": 0.0},
-    "pruned_long": {"epochs": 20},
+EXTRA_CHANGES = {
+    "pruned_rollout": {"finetune": {"head": "rollout"}},
+    "pruned_truth": {"finetune": {"distill": 0.0}},
+    "pruned_long": {"finetune": {"epochs": 20}},
+    "pruned_budget035": {"prune": {"budget": 0.35}},
 }
-"""Each extra variant's change to the pruned cell's fine-tuning config."""
+"""Each extra variant's changes to the pruned cell's prune and fine-tuning configs."""
 LABELS = {
     "zero_shot": "zero-shot",
     "full_finetune": "full fine-tune",
@@ -102,6 +107,7 @@ LABELS = {
     "pruned_rollout": "prune + fine-tune, rolled-out head",
     "pruned_truth": "prune + fine-tune on the truth alone",
     "pruned_long": "prune + fine-tune, 20 epochs",
+    "pruned_budget035": "prune 0.35 + fine-tune",
 }
 TRANSFERS = (("ETTh1", "ETTm1"), ("ETTm1", "ETTh1"), ("ETTh1", "weather"))
 PUBLISHED = {
@@ -294,9 +300,10 @@ class Grid:
             if task.variant == "full_finetune":
                 module, ft = full_finetune(original, data, ft_cfg)
                 extra["finetune"] = _finetune_summary(ft.to_dict())
-            elif task.variant == "pruned_finetune" or task.variant in EXTRA_FINETUNE:
-                prune_cfg = replace(config.prune, seed=task.seed)
-                ft_cfg = replace(ft_cfg, **EXTRA_FINETUNE.get(task.variant, {}))
+            elif task.variant == "pruned_finetune" or task.variant in EXTRA_CHANGES:
+                changes = EXTRA_CHANGES.get(task.variant, {})
+                prune_cfg = replace(config.prune, seed=task.seed, **changes.get("prune", {}))
+                ft_cfg = replace(ft_cfg, **changes.get("finetune", {}))
                 module, pr, ft = prune_finetune(original, data, prune_cfg, ft_cfg)
                 extra["prune"] = _prune_summary(pr.to_dict())
                 extra["finetune"] = _finetune_summary(ft.to_dict())
@@ -396,6 +403,8 @@ def _prune_summary(report: dict) -> dict:
         "seconds": report["seconds"],
         "steps": len(report["steps"]),
         "macs_reduction": report["macs_reduction"],
+        "budget": report["config"]["budget"],
+        "target": report["config"]["target"],
     }
 
 

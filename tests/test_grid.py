@@ -192,6 +192,7 @@ def test_truth_variant_is_the_same_pruning_fine_tuned_without_the_teacher(config
     same = ("params_after", "macs_after")
     assert [truth["prune"][k] for k in same] == [default["prune"][k] for k in same]
     assert truth["mse"] != default["mse"]
+    assert truth["prune"]["budget"] == default["prune"]["budget"] == config.prune.budget
     tried = config.results.with_suffix(".md").read_text().split("## Variants tried against losing cells")[1]
     assert "prune + fine-tune on the truth alone" in tried
 
@@ -211,3 +212,17 @@ def test_tried_table_compares_on_the_tried_variant_s_own_seeds():
         "| w | 96 | prune + fine-tune, 20 epochs | 0.1520 | 0.2100 | 0.1500 | 0.2000 | **0.1400** | **0.1900** "
         "| 0.1510 | 0.2200 | 1 |"
     )
+
+
+def test_budget_variant_prunes_less_and_records_its_budget(config):
+    """``pruned_budget035`` changes the prune config alone: a budget of 0.35 keeps more than 0.18."""
+    prune = replace(config.prune, budget=0.18, max_steps=PruneConfig().max_steps)  # steps to reach 0.18
+    both = replace(
+        config, horizons=(H,), variants=("pruned_finetune", "pruned_budget035"), transfers=(), prune=prune
+    )
+    grid.Grid(both, log=lambda m: None).run()
+    cells = json.loads(config.results.read_text())["cells"]
+    default, wider = cells[f"a|{H}|pruned_finetune|0"], cells[f"a|{H}|pruned_budget035|0"]
+    assert (default["prune"]["budget"], wider["prune"]["budget"]) == (0.18, 0.35)
+    assert wider["prune"]["macs_after"] > default["prune"]["macs_after"]
+    assert wider["finetune"]["distill"] == default["finetune"]["distill"]
