@@ -25,6 +25,7 @@ beside the default pruned cell, never in the grid's columns or averages):
   starts further from its best than the full one and costs less per epoch.
 - ``pruned_budget035``: as ``pruned_finetune``, pruned to a budget of 0.35 instead of 0.18: whether a
   losing cell lacks capacity rather than training.
+- ``pruned_budget035_long``: both changes, budget 0.35 and 20 epochs.
 - ``pruned_lr_high``: as ``pruned_finetune``, the learning rate chosen on validation among 1e-3, 3e-3
   and 1e-2: every default pruned cell chose the highest of 1e-4, 3e-4 and 1e-3.
 
@@ -93,6 +94,8 @@ EXTRA_VARIANTS = {
     "schedule over all of them)",
     "pruned_budget035": "pruned to 0.35 of the estimated latency instead of 0.18 (about half as much "
     "removed), then fine-tuned as prune + fine-tune",
+    "pruned_budget035_long": "pruned to 0.35 as pruned_budget035, then fine-tuned for 20 epochs as "
+    "pruned_long",
     "pruned_lr_high": "pruned as prune + fine-tune, then fine-tuned choosing its learning rate among "
     "1e-3, 3e-3 and 1e-2 (the default's highest, 1e-3, is what every pruned cell chose)",
 }
@@ -102,6 +105,7 @@ EXTRA_CHANGES = {
     "pruned_truth": {"finetune": {"distill": 0.0}},
     "pruned_long": {"finetune": {"epochs": 20}},
     "pruned_budget035": {"prune": {"budget": 0.35}},
+    "pruned_budget035_long": {"prune": {"budget": 0.35}, "finetune": {"epochs": 20}},
     "pruned_lr_high": {"finetune": {"lr_candidates": (1e-3, 3e-3, 1e-2)}},
 }
 """Each extra variant's changes to the pruned cell's prune and fine-tuning configs."""
@@ -113,6 +117,7 @@ LABELS = {
     "pruned_truth": "prune + fine-tune on the truth alone",
     "pruned_long": "prune + fine-tune, 20 epochs",
     "pruned_budget035": "prune 0.35 + fine-tune",
+    "pruned_budget035_long": "prune 0.35 + fine-tune, 20 epochs",
     "pruned_lr_high": "prune + fine-tune, learning rate up to 1e-2",
 }
 TRANSFERS = (("ETTh1", "ETTm1"), ("ETTm1", "ETTh1"), ("ETTh1", "weather"))
