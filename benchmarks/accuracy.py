@@ -38,7 +38,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from prunecast.bench.latency_model import LatencySettings, MeasuredLatency
+from prunecast.bench.latency_model import latency_model_for
 from prunecast.common.defaults import TARGETS
 from prunecast.compress import FinetuneConfig, PruneConfig, count_macs, count_params, finetune, prune
 from prunecast.data import prepare_windows
@@ -88,8 +88,7 @@ def run_row(
         prune_report = None
         if prune_cfg is not None:
             config = PruneConfig(**{**prune_cfg, "seed": seed})
-            # as prunecast run: a measured budget times the model's blocks on the serving backend
-            latency = MeasuredLatency(module, LatencySettings()) if config.target == "latency" else None
+            latency = latency_model_for(config.target, module)  # as prunecast run: measured on onnxruntime
             prune_report = prune(module, data.train, data.val, config, latency=latency)
         ft_report = None
         if do_finetune:

@@ -29,7 +29,7 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 
 from prunecast.bench import BenchConfig, bench  # noqa: E402
-from prunecast.bench.latency_model import LatencySettings, MeasuredLatency  # noqa: E402
+from prunecast.bench.latency_model import LatencySettings, latency_model_for  # noqa: E402
 from prunecast.bench.timing import TimingConfig  # noqa: E402
 from prunecast.common.defaults import DEFAULT_BUDGET, DEFAULT_MODEL, MEASURED_BUDGET  # noqa: E402
 from prunecast.compress import PruneConfig, load_model, prune, save_model  # noqa: E402
@@ -49,7 +49,7 @@ def prune_variants(data_name: str, horizon: int, settings: LatencySettings, work
     for name, config in VARIANTS.items():
         module = load_model(DEFAULT_MODEL, horizon=horizon)
         data = prepare_windows(data_name, module.context_length, horizon)
-        latency = MeasuredLatency(module, settings) if config.target == "latency" else None
+        latency = latency_model_for(config.target, module, settings)
         start = time.perf_counter()
         report = prune(module, data.train, data.val, config, latency=latency)
         save_model(module, workdir / name)

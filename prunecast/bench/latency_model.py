@@ -250,6 +250,15 @@ class MeasuredLatency:
         )
 
 
+def latency_model_for(
+    target: str, reference: ForecastModule, settings: LatencySettings | None = None
+) -> MeasuredLatency | None:
+    """The latency model :func:`~prunecast.compress.prune` needs for a ``target``: ``reference``'s
+    blocks measured at ``settings`` (default :class:`LatencySettings`) for ``latency``, None for the
+    targets it computes itself (the estimate, MACs, parameters)."""
+    return MeasuredLatency(reference, settings or LatencySettings()) if target == "latency" else None
+
+
 def halved(module: ForecastModule) -> ForecastModule:
     """A copy of ``module`` with every prunable group cut to half its units (the last ones):
     the second point the non-Linear terms are fitted to."""

@@ -26,7 +26,7 @@ import numpy as np
 import torch
 
 from prunecast.bench import BenchConfig, bench
-from prunecast.bench.latency_model import LatencySettings, MeasuredLatency
+from prunecast.bench.latency_model import LatencySettings, latency_model_for
 from prunecast.compress import (
     FinetuneConfig,
     PruneConfig,
@@ -233,9 +233,7 @@ def prune_finetune(
     ``latency``: where a ``latency`` target measures (default :class:`LatencySettings`).
     One function, so ``prunecast run`` and the benchmark grid train the same variant."""
     pruned = copy.deepcopy(original)
-    model = None
-    if prune_config.target == "latency":
-        model = MeasuredLatency(original, latency or LatencySettings())
+    model = latency_model_for(prune_config.target, original, latency)
     pr = prune(pruned, data.train, data.val, prune_config, latency=model)
     if on_pruned is not None:
         on_pruned()
