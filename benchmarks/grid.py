@@ -85,40 +85,64 @@ SHARED_FILES = {
 HORIZONS = (96, 192, 336, 720)
 VARIANTS = ("zero_shot", "full_finetune", "pruned_finetune")
 """The grid's variants: run by default, the table's columns."""
-EXTRA_VARIANTS = {
-    "pruned_rollout": "pruned as prune + fine-tune, then fine-tuned through the roll-out of the "
-    "native head (no grown head) past the checkpoint's horizon",
-    "pruned_truth": "pruned as prune + fine-tune, then fine-tuned on the truth alone (distill 0: "
-    "no pull towards the original's zero-shot forecast)",
-    "pruned_long": "pruned as prune + fine-tune, then fine-tuned for twice the epochs (20; its cosine "
-    "schedule over all of them)",
-    "pruned_budget035": "pruned to 0.35 of the estimated latency instead of 0.18 (about half as much "
-    "removed), then fine-tuned as prune + fine-tune",
-    "pruned_budget035_long": "pruned to 0.35 as pruned_budget035, then fine-tuned for 20 epochs as "
-    "pruned_long",
-    "pruned_lr_high": "pruned as prune + fine-tune, then fine-tuned choosing its learning rate among "
-    "1e-3, 3e-3 and 1e-2 (the default's highest, 1e-3, is what every pruned cell chose)",
+
+
+@dataclass(frozen=True)
+class Tried:
+    """A variant tried against a losing cell: the default pruned cell with ``prune`` and ``finetune``
+    changed (fields of :class:`PruneConfig` and :class:`FinetuneConfig`); ``label`` heads its
+    rows, ``does`` says in ``grid.md`` what it changes."""
+
+    label: str
+    does: str
+    prune: dict = field(default_factory=dict)
+    finetune: dict = field(default_factory=dict)
+
+
+TRIED = {
+    "pruned_rollout": Tried(
+        "prune + fine-tune, rolled-out head",
+        "pruned as prune + fine-tune, then fine-tuned through the roll-out of the native head (no grown "
+        "head) past the checkpoint's horizon",
+        finetune={"head": "rollout"},
+    ),
+    "pruned_truth": Tried(
+        "prune + fine-tune on the truth alone",
+        "pruned as prune + fine-tune, then fine-tuned on the truth alone (distill 0: no pull towards "
+        "the original's zero-shot forecast)",
+        finetune={"distill": 0.0},
+    ),
+    "pruned_long": Tried(
+        "prune + fine-tune, 20 epochs",
+        "pruned as prune + fine-tune, then fine-tuned for twice the epochs (20; its cosine schedule over "
+        "all of them)",
+        finetune={"epochs": 20},
+    ),
+    "pruned_budget035": Tried(
+        "prune 0.35 + fine-tune",
+        "pruned to 0.35 of the estimated latency instead of 0.18 (about half as much removed), then "
+        "fine-tuned as prune + fine-tune",
+        prune={"budget": 0.35},
+    ),
+    "pruned_budget035_long": Tried(
+        "prune 0.35 + fine-tune, 20 epochs",
+        "pruned to 0.35 as pruned_budget035, then fine-tuned for 20 epochs as pruned_long",
+        prune={"budget": 0.35},
+        finetune={"epochs": 20},
+    ),
+    "pruned_lr_high": Tried(
+        "prune + fine-tune, learning rate up to 1e-2",
+        "pruned as prune + fine-tune, then fine-tuned choosing its learning rate among 1e-3, 3e-3 and "
+        "1e-2 (the default's highest, 1e-3, is what every pruned cell chose)",
+        finetune={"lr_candidates": (1e-3, 3e-3, 1e-2)},
+    ),
 }
-"""Variants tried against a losing cell (opt-in), with what each changes."""
-EXTRA_CHANGES = {
-    "pruned_rollout": {"finetune": {"head": "rollout"}},
-    "pruned_truth": {"finetune": {"distill": 0.0}},
-    "pruned_long": {"finetune": {"epochs": 20}},
-    "pruned_budget035": {"prune": {"budget": 0.35}},
-    "pruned_budget035_long": {"prune": {"budget": 0.35}, "finetune": {"epochs": 20}},
-    "pruned_lr_high": {"finetune": {"lr_candidates": (1e-3, 3e-3, 1e-2)}},
-}
-"""Each extra variant's changes to the pruned cell's prune and fine-tuning configs."""
+"""Variants tried against a losing cell (opt-in)."""
 LABELS = {
     "zero_shot": "zero-shot",
     "full_finetune": "full fine-tune",
     "pruned_finetune": "prune + fine-tune",
-    "pruned_rollout": "prune + fine-tune, rolled-out head",
-    "pruned_truth": "prune + fine-tune on the truth alone",
-    "pruned_long": "prune + fine-tune, 20 epochs",
-    "pruned_budget035": "prune 0.35 + fine-tune",
-    "pruned_budget035_long": "prune 0.35 + fine-tune, 20 epochs",
-    "pruned_lr_high": "prune + fine-tune, learning rate up to 1e-2",
+    **{name: tried.label for name, tried in TRIED.items()},
 }
 TRANSFERS = (("ETTh1", "ETTm1"), ("ETTm1", "ETTh1"), ("ETTh1", "weather"))
 PUBLISHED = {
@@ -311,10 +335,10 @@ class Grid:
             if task.variant == "full_finetune":
                 module, ft = full_finetune(original, data, ft_cfg)
                 extra["finetune"] = _finetune_summary(ft.to_dict())
-            elif task.variant == "pruned_finetune" or task.variant in EXTRA_CHANGES:
-                changes = EXTRA_CHANGES.get(task.variant, {})
-                prune_cfg = replace(config.prune, seed=task.seed, **changes.get("prune", {}))
-                ft_cfg = replace(ft_cfg, **changes.get("finetune", {}))
+            elif task.variant == "pruned_finetune" or task.variant in TRIED:
+                tried = TRIED.get(task.variant, Tried("", ""))
+                prune_cfg = replace(config.prune, seed=task.seed, **tried.prune)
+                ft_cfg = replace(ft_cfg, **tried.finetune)
                 module, pr, ft = prune_finetune(original, data, prune_cfg, ft_cfg)
                 extra["prune"] = _prune_summary(pr.to_dict())
                 extra["finetune"] = _finetune_summary(ft.to_dict())
@@ -549,7 +573,7 @@ def extra_table(results: dict) -> list[str]:
     header += [f"{LABELS[v]} {m}" for v in VARIANTS for m in ("MSE", "MAE")] + ["seeds"]
     lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     for (d, h, v), s in sorted(agg.items()):
-        if v not in EXTRA_VARIANTS:
+        if v not in TRIED:
             continue
         seeds = {c["seed"] for c in cells.values() if (c["dataset"], c["horizon"], c["variant"]) == (d, h, v)}
         same = aggregate(
@@ -580,10 +604,10 @@ def render(results: dict, json_path: Path, plot_too: bool = True) -> None:
     ]
     if results["transfer"]:
         lines += ["## Zero-shot transfer", "", *transfer_table(results), ""]
-    tried = sorted({c["variant"] for c in results["cells"].values()} & set(EXTRA_VARIANTS))
+    tried = sorted({c["variant"] for c in results["cells"].values()} & set(TRIED))
     if tried:
         lines += ["## Variants tried against losing cells", ""]
-        lines += [f"- {LABELS[v]} (`{v}`): {EXTRA_VARIANTS[v]}." for v in tried]
+        lines += [f"- {LABELS[v]} (`{v}`): {TRIED[v].does}." for v in tried]
         lines += ["", *extra_table(results), ""]
     lines += [
         "## Timing",
@@ -678,10 +702,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--variants",
         nargs="+",
-        choices=[*VARIANTS, *EXTRA_VARIANTS],
+        choices=[*VARIANTS, *TRIED],
         default=list(VARIANTS),
-        help=f"default: the grid's {', '.join(VARIANTS)}; tried against losing cells: "
-        f"{', '.join(EXTRA_VARIANTS)}",
+        help=f"default: the grid's {', '.join(VARIANTS)}; tried against losing cells: {', '.join(TRIED)}",
     )
     parser.add_argument(
         "--transfers",
