@@ -45,9 +45,9 @@ class ServeConfig:
     how long shutdown keeps serving while readiness already says no, so a load balancer (a
     Kubernetes readiness probe) stops sending before the port closes. ``model_name`` is the
     model's name on ``/v2`` (default: the artifact directory's name). ``loop``: the event loop
-    :func:`serve` runs on (one of :data:`LOOPS`; see :func:`resolve_loop`). Whether uvloop lowers the
-    server's CPU per request here is not yet measured on an idle machine (``benchmarks/serve_load.py
-    --server-loop uvloop asyncio``); on a busy one it did not."""
+    :func:`serve` runs on (one of :data:`LOOPS`; see :func:`resolve_loop`). On an idle 2-core machine
+    uvloop served 8-21% more than asyncio's loop at 64 clients and as much at 256
+    (``benchmarks/results/serve_load_loops.json``), which is why ``auto`` prefers it."""
 
     host: str = "127.0.0.1"
     port: int = 8000
