@@ -215,8 +215,17 @@ def test_prune_meets_the_budget_and_stays_consistent(small_ttm, small_data, impo
     assert report.macs_before == macs0 and report.macs_after == count_macs(module) <= 0.5 * macs0
     assert report.params_after == count_params(module) < report.params_before
     assert report.steps and all(s.val_loss > 0 for s in report.steps)
-    assert all(0 < layer.kept <= layer.original for layer in report.layers)
+    # a group keeps units unless the block it lies in went whole (then it keeps none)
+    gone = report.blocks_removed
+    assert all(
+        layer.kept == 0
+        if any(layer.name.startswith(b + ".") for b in gone)
+        else 0 < layer.kept <= layer.original
+        for layer in report.layers
+    )
     assert any(layer.kept < layer.original for layer in report.layers)
+    assert all(isinstance(module.get_submodule(b), torch.nn.Identity) for b in gone)
+    assert not set(gone) & set(module.pruning_spec().blocks)
     # the config and module attributes agree with the tensors
     cfg_ = module.model.config
     assert module.model.backbone.encoder.patcher.out_features == cfg_.d_model
@@ -239,6 +248,7 @@ def test_latency_estimate_target_meets_its_budget_and_weighs_activations(small_t
     cfg = PruneConfig(
         budget=0.4,
         target="latency-estimate",
+        kinds=("mlp_hidden", "heads", "width"),  # widths alone: whether activations steer them
         step_fraction=0.25,
         macro_batch=64,
         micro_batch=32,

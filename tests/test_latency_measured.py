@@ -134,7 +134,8 @@ def test_prune_to_measured_latency_checks_and_rounds_widths(small_ttm, small_dat
     widths = {layer.name: layer.kept for layer in report.layers}
     rounded = {r.name: r for r in report.rounding}
     assert any(r.rounded > r.pruned for r in rounded.values())  # widths moved, not only checked
-    assert set(rounded) == {layer.name for layer in report.layers if layer.kind in ROUNDED_KINDS}
+    present = {g.name for g in small_ttm.pruning_spec().groups}  # not inside a block that went
+    assert set(rounded) == {layer.name for layer in report.layers if layer.kind in ROUNDED_KINDS} & present
     for r in rounded.values():
         assert widths[r.name] == r.rounded
         assert r.rounded % 4 == 0 or r.reason.startswith("kept"), r

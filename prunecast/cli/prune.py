@@ -12,7 +12,7 @@ from prunecast.cli.common import (
     latency_settings_from_args,
     load_model_and_data,
 )
-from prunecast.common.defaults import IMPORTANCES
+from prunecast.common.defaults import IMPORTANCES, UNIT_KINDS
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -22,7 +22,11 @@ def register(sub: argparse._SubParsersAction) -> None:
     add_budget_args(p)
     p.add_argument("--importance", choices=IMPORTANCES, default="loss")
     p.add_argument(
-        "--kinds", nargs="+", default=["mlp_hidden", "heads", "width"], help="unit kinds that may be pruned"
+        "--kinds",
+        nargs="+",
+        choices=UNIT_KINDS,
+        default=list(UNIT_KINDS),
+        help="unit kinds that may be pruned (block: whole residual blocks, depth pruning)",
     )
     p.add_argument("--step-fraction", type=float, default=0.1, help="share of remaining units per step")
     p.add_argument("--max-steps", type=int, default=30)

@@ -7,6 +7,8 @@ DEFAULT_DISTILL = 0.5
 """Weight of the unpruned model's forecast in the pruned model's fine-tuning target."""
 IMPORTANCES = ("loss", "loss2", "magnitude")
 """Pruning scores ``PruneConfig.importance`` accepts."""
+UNIT_KINDS = ("mlp_hidden", "heads", "width", "block")
+"""What pruning may remove: MLP hidden channels, attention heads, residual widths, whole residual blocks."""
 TARGETS = ("latency", "latency-estimate", "macs", "params")
 """What ``PruneConfig.budget`` is a fraction of."""
 DEFAULT_TARGET = "latency"

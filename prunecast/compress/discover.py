@@ -70,7 +70,7 @@ def pruning_spec(module: ForecastModule) -> PruningSpec:
     own = module.pruning_spec()
     if not getattr(module, "traced_coupling", False):
         return own
-    return PruningSpec(groups=own.groups + _traced(module, own).groups)
+    return PruningSpec(groups=own.groups + _traced(module, own).groups, blocks=own.blocks)
 
 
 def dropped_groups(module: ForecastModule) -> tuple[DroppedGroup, ...]:

@@ -28,8 +28,9 @@ import torch
 import torch_pruning as tp
 from torch import nn
 
-from prunecast.common.defaults import DEFAULT_BUDGET, IMPORTANCES, TARGETS
+from prunecast.common.defaults import DEFAULT_BUDGET, IMPORTANCES, TARGETS, UNIT_KINDS
 from prunecast.common.progress import progress
+from prunecast.compress import blocks as depth
 from prunecast.compress import distributed
 from prunecast.compress.cost import (
     ACTIVATION_COST,
@@ -65,7 +66,10 @@ class PruneConfig:
     importance: Literal["loss", "loss2", "magnitude"] = "loss"
     """``loss``: first-order mask score; ``loss2``: with per-sample second-order term;
     ``magnitude``: Torch-Pruning's group L2 magnitude (the ablation)."""
-    kinds: tuple[str, ...] = ("mlp_hidden", "heads", "width")
+    kinds: tuple[str, ...] = UNIT_KINDS
+    """Unit kinds that may go: MLP hidden channels, attention heads, residual widths, and whole
+    residual blocks (depth pruning, :mod:`prunecast.compress.blocks`; scored by the loss
+    importances only, not ``magnitude``)."""
     step_fraction: float = 0.1
     """Share of the remaining prunable units removed per step."""
     max_steps: int = 30
@@ -155,6 +159,8 @@ class PruneReport:
     latency: dict | None = None
     """``latency`` target: predicted ms before, at the goal and after, the latency model's fit."""
     rounding: list[WidthRounding] = field(default_factory=list)
+    blocks_removed: list[str] = field(default_factory=list)
+    """Residual blocks removed whole (depth pruning), in the order they went."""
 
     def to_dict(self) -> dict:
         """Everything but the module, as JSON-serialisable data."""
@@ -193,8 +199,8 @@ def prune(
     start = time.perf_counter()
     groups = _groups(module, config.kinds)
     dropped = dropped_groups(module)
-    if not groups:
-        raise ValueError(f"{module.family} offers no prunable groups of kinds {config.kinds}")
+    if not groups and not _blocks(module, config):
+        raise ValueError(f"{module.family} offers no prunable groups or blocks of kinds {config.kinds}")
     original = {g.name: g.units for g in groups}
     kinds = {g.name: g.kind for g in groups}
     floor = {g.name: max(g.min_units, math.ceil(config.min_keep_fraction * g.units), 1) for g in groups}
@@ -225,17 +231,16 @@ def prune(
             break
         step_start = time.perf_counter()
         groups = _groups(module, config.kinds)
-        scores = _scores(module, groups, train, config, seed=config.seed * 1000 + step)
-        for g in groups:
-            prev = ema.get(g.name)
-            ema[g.name] = (
-                scores[g.name]
-                if prev is None
-                else config.ema_alpha * prev + (1 - config.ema_alpha) * scores[g.name]
-            )
+        blocks = _blocks(module, config)
+        scores = _scores(module, groups, blocks, train, config, seed=config.seed * 1000 + step)
+        for name, fresh in scores.items():
+            prev = ema.get(name)
+            ema[name] = fresh if prev is None else config.ema_alpha * prev + (1 - config.ema_alpha) * fresh
         costs = _unit_costs(module, groups, floor, config.target, latency, deltas)
-        chosen = _agree(groups, _choose(groups, ema, floor, metric - goal, costs, config))
-        if not any(chosen.values()):
+        costs |= depth.block_savings(module, blocks, lambda m: _measure(m, config.target, latency))
+        chosen = _agree(groups, blocks, _choose(groups, blocks, ema, floor, metric - goal, costs, config))
+        gone = [b for b in blocks if chosen.pop(b, None)]
+        if not any(chosen.values()) and not gone:
             break
         snapshot = (copy.deepcopy(module.model), ledger.copy()) if config.tolerance is not None else None
         for name, units in chosen.items():
@@ -245,11 +250,15 @@ def prune(
                 ledger.remove(name, units)
                 keep = torch.tensor(sorted(set(range(group.units)) - set(units)))
                 ema[name] = ema[name][keep]
+        for b in gone:  # after the units: a group inside a block is still in the spec until it goes
+            depth.skip_block(module, b)
+            ledger.skipped.append(b)
+            deltas.clear()  # every group's per-unit shape change is re-read on the smaller model
         loss = val_loss(module, val, val_idx)
         steps.append(
             PruneStep(
                 step=step,
-                removed={k: len(v) for k, v in chosen.items() if v},
+                removed={k: len(v) for k, v in chosen.items() if v} | {b: 1 for b in gone},
                 params=count_params(module),
                 macs=count_macs(module),
                 val_loss=loss,
@@ -280,12 +289,13 @@ def prune(
         seconds=time.perf_counter() - start,
         stopped_early=stopped_early,
         steps=steps,
-        layers=[LayerWidth(n, kinds[n], original[n], final[n]) for n in original],
+        layers=[LayerWidth(n, kinds[n], original[n], final.get(n, 0)) for n in original],
         dropped=list(dropped),
         latency=None
         if latency is None
         else _latency_summary(module, latency, metric0, goal, checks, config.kinds),
         rounding=rounding,
+        blocks_removed=list(ledger.skipped),
     )
 
 
@@ -385,10 +395,24 @@ def _groups(module: ForecastModule, kinds: tuple[str, ...]) -> list[PruneGroup]:
     return [g for g in pruning_spec(module).groups if g.kind in kinds]
 
 
+def _blocks(module: ForecastModule, config: PruneConfig) -> tuple[str, ...]:
+    """The blocks that may go whole: with the ``block`` kind and a loss importance (magnitude has
+    no block score)."""
+    if depth.KIND not in config.kinds or config.importance == "magnitude":
+        return ()
+    return pruning_spec(module).blocks
+
+
 def _scores(
-    module: ForecastModule, groups: list[PruneGroup], train: Windows, config: PruneConfig, seed: int
+    module: ForecastModule,
+    groups: list[PruneGroup],
+    blocks: tuple[str, ...],
+    train: Windows,
+    config: PruneConfig,
+    seed: int,
 ) -> dict[str, torch.Tensor]:
-    """Signed (loss) or non-negative (magnitude) scores per unit of every group, on fresh batches."""
+    """Signed (loss) or non-negative (magnitude) scores per unit of every group, on fresh batches,
+    and each block's (one unit: its first-order score, from the same passes; for ``loss2`` too)."""
     if config.importance == "magnitude":
         magnitude = tp.importance.GroupMagnitudeImportance(p=2, group_reduction="sum", normalizer="mean")
         return {g.name: magnitude(tp_group(module, g))[: g.units].double() for g in groups}
@@ -401,16 +425,20 @@ def _scores(
         importance.per_sample_grads = per_sample_gradients(
             module, *tensors(train, distributed.shard(idx[: config.per_sample_batch]))
         )
-    else:
-        # each rank accumulates its share of the macro batch, weighted by its share of the whole,
-        # so the gradients summed over the ranks are the macro batch's
-        local = distributed.shard(idx)
+    # each rank accumulates its share of the macro batch, weighted by its share of the whole,
+    # so the gradients summed over the ranks are the macro batch's (loss2 needs them for blocks only)
+    local = distributed.shard(idx) if not importance.second_order or blocks else idx[:0]
+    with depth.recording_scores(module, blocks) as block_scores:
         for i in range(0, len(local), config.micro_batch):
             x, y = tensors(train, local[i : i + config.micro_batch])
             loss = module.training_loss(x, y) * (len(x) / len(idx))
             loss.backward()
+    if not importance.second_order:
         distributed.all_reduce_gradients(module.parameters())
     scores = {g.name: importance.signed(tp_group(module, g), g.units) for g in groups}
+    if blocks:
+        summed = distributed.all_reduce_tensor(torch.stack([block_scores[b] for b in blocks]))
+        scores |= {b: summed[i : i + 1] for i, b in enumerate(blocks)}
     module.zero_grad(set_to_none=True)
     module.train(was_training)
     return scores
@@ -497,24 +525,28 @@ def _group_unit_cost(module: ForecastModule, group: PruneGroup, rows: dict[str, 
     return cost
 
 
-def _agree(groups: list[PruneGroup], chosen: dict[str, list[int]]) -> dict[str, list[int]]:
-    """Rank 0's choice of units on every rank: the scores agree across ranks, but a last-bit
-    difference (another CPU in a multi-node job) must never give the ranks different models."""
+def _agree(
+    groups: list[PruneGroup], blocks: tuple[str, ...], chosen: dict[str, list[int]]
+) -> dict[str, list[int]]:
+    """Rank 0's choice of units (and blocks) on every rank: the scores agree across ranks, but a
+    last-bit difference (another CPU in a multi-node job) must never give the ranks different models."""
     if distributed.world_size() == 1:
         return chosen
-    offsets = np.cumsum([0] + [g.units for g in groups])
+    sizes = [(g.name, g.units) for g in groups] + [(b, 1) for b in blocks]
+    offsets = np.cumsum([0] + [n for _, n in sizes])
     mask = torch.zeros(int(offsets[-1]), dtype=torch.uint8)
-    for g, start in zip(groups, offsets, strict=False):
-        mask[start + torch.tensor(chosen[g.name], dtype=torch.long)] = 1
+    for (name, _), start in zip(sizes, offsets, strict=False):
+        mask[start + torch.tensor(chosen[name], dtype=torch.long)] = 1
     distributed.broadcast_tensor(mask)
     return {
-        g.name: torch.nonzero(mask[start : start + g.units]).flatten().tolist()
-        for g, start in zip(groups, offsets, strict=False)
+        name: torch.nonzero(mask[start : start + n]).flatten().tolist()
+        for (name, n), start in zip(sizes, offsets, strict=False)
     }
 
 
 def _choose(
     groups: list[PruneGroup],
+    blocks: tuple[str, ...],
     scores: dict[str, torch.Tensor],
     floor: dict[str, int],
     needed: float,
@@ -523,19 +555,22 @@ def _choose(
 ) -> dict[str, list[int]]:
     """The units to remove this step: globally lowest ranked, at most ``step_fraction`` of those
     remaining, and no more than the cost (``costs``: per unit of each group) still ``needed``
-    to meet the budget. Each group's units are listed lowest ranked first."""
+    to meet the budget. Each group's units are listed lowest ranked first. A block is one unit
+    (``chosen[block] == [0]``); once chosen, the units of the groups inside it are not."""
     candidates = []
-    for g in groups:
-        cost = costs[g.name]
-        rank = scores[g.name].abs().numpy()
+    units = {g.name: g.units for g in groups} | {b: 1 for b in blocks}
+    for name, count in units.items():
+        cost = costs[name]
+        rank = scores[name].abs().numpy()
         if config.cost_normalized:
             rank = rank / cost if cost > 0 else np.full_like(rank, np.inf)
-        for u in range(g.units):
-            candidates.append((float(rank[u]), g.name, u, cost))
+        for u in range(count):
+            candidates.append((float(rank[u]), name, u, cost))
     candidates.sort(key=lambda c: c[0])
-    quota = max(1, math.ceil(config.step_fraction * sum(g.units for g in groups)))
-    left = {g.name: g.units - floor[g.name] for g in groups}
-    chosen: dict[str, list[int]] = {g.name: [] for g in groups}
+    quota = max(1, math.ceil(config.step_fraction * sum(units.values())))
+    left = {g.name: g.units - floor[g.name] for g in groups} | {b: 1 for b in blocks}
+    within = {b: [g.name for g in groups if depth.inside(g, b)] for b in blocks}
+    chosen: dict[str, list[int]] = {name: [] for name in units}
     saved, taken = 0.0, 0
     for _, name, unit, cost in candidates:
         if taken >= quota or saved >= needed:
@@ -546,4 +581,6 @@ def _choose(
         left[name] -= 1
         saved += cost
         taken += 1
+        for inner in within.get(name, ()):
+            left[inner] = 0
     return chosen

@@ -21,6 +21,7 @@ import copy
 import math
 from dataclasses import dataclass, field
 
+from prunecast.compress.blocks import skip_block
 from prunecast.compress.cost import LatencyModel
 from prunecast.compress.discover import pruning_spec
 from prunecast.compress.groups import remove_units
@@ -35,10 +36,12 @@ ROUNDED_KINDS = ("mlp_hidden", "width")
 @dataclass
 class UnitLedger:
     """Per group, the original indices of the units still present (in the module's order), and
-    of those removed, in the order they went (within a step, lowest ranked first)."""
+    of those removed, in the order they went (within a step, lowest ranked first); and the blocks
+    removed whole, in order."""
 
     kept: dict[str, list[int]] = field(default_factory=dict)
     removed: dict[str, list[int]] = field(default_factory=dict)
+    skipped: list[str] = field(default_factory=list)
 
     @classmethod
     def start(cls, groups: list[PruneGroup]) -> UnitLedger:
@@ -51,7 +54,7 @@ class UnitLedger:
         self.kept[name] = [u for i, u in enumerate(self.kept[name]) if i not in gone]
 
     def copy(self) -> UnitLedger:
-        return UnitLedger(copy.deepcopy(self.kept), copy.deepcopy(self.removed))
+        return UnitLedger(copy.deepcopy(self.kept), copy.deepcopy(self.removed), list(self.skipped))
 
 
 @dataclass
@@ -142,11 +145,15 @@ def apply_rounding(
 
 
 def rebuild(original: ForecastModule, ledger: UnitLedger) -> ForecastModule:
-    """A copy of ``original`` holding exactly the units ``ledger`` keeps of each group."""
+    """A copy of ``original`` without the blocks ``ledger`` skipped, holding exactly the units it
+    keeps of each group left."""
     out = copy.deepcopy(original)
+    for block in ledger.skipped:
+        skip_block(out, block)
     for name, kept in ledger.kept.items():
-        group = {g.name: g for g in pruning_spec(out).groups}[name]
-        remove_units(out, group, sorted(set(range(group.units)) - set(kept)))
+        group = {g.name: g for g in pruning_spec(out).groups}.get(name)
+        if group is not None:  # None: the group was inside a block that went
+            remove_units(out, group, sorted(set(range(group.units)) - set(kept)))
     return out
 
 

@@ -3,9 +3,11 @@
 A prunecast model directory holds:
 
 - ``prunecast.json``: the marker: format version, family, context length, horizon, source model
-  and the HF revision it was loaded from (null for the default branch), free metadata, and the *architecture*: the shape of every Linear and LayerNorm. Pruning leaves
-  per-layer widths (MLP hidden channels) that a family config cannot express, so the module is
-  rebuilt from its config and then every layer whose recorded shape differs is replaced.
+  and the HF revision it was loaded from (null for the default branch), free metadata, and the
+  *architecture*: the shape of every Linear and LayerNorm, and every identity (where depth pruning
+  removed a residual block). Pruning leaves per-layer widths (MLP hidden channels) and missing
+  blocks that a family config cannot express, so the module is rebuilt from its config and then
+  every layer whose recorded shape or type differs is replaced.
 - ``config.json``: the family's own config (with pruned global widths such as ``d_model``).
 - ``model.safetensors``: the weights, loaded strictly against the rebuilt module.
 """
@@ -34,7 +36,8 @@ def is_saved_model(directory: str | Path) -> bool:
 
 
 def architecture(module: nn.Module) -> dict[str, dict]:
-    """The shape of every Linear and LayerNorm, by dotted path: what a config alone may not say."""
+    """The shape of every Linear and LayerNorm, and every identity (where a block was), by dotted
+    path: what a config alone may not say."""
     layers: dict[str, dict] = {}
     for name, sub in module.named_modules():
         if isinstance(sub, nn.Linear):
@@ -52,6 +55,8 @@ def architecture(module: nn.Module) -> dict[str, dict]:
                 "elementwise_affine": sub.elementwise_affine,
                 "bias": sub.bias is not None,
             }
+        elif isinstance(sub, nn.Identity):
+            layers[name] = {"type": "Identity"}
     return layers
 
 
@@ -142,6 +147,8 @@ def _build_layer(spec: dict, name: str, directory: Path) -> nn.Module:
     try:
         if spec["type"] == "Linear":
             return nn.Linear(int(spec["in_features"]), int(spec["out_features"]), bias=bool(spec["bias"]))
+        if spec["type"] == "Identity":
+            return nn.Identity()
         if spec["type"] == "LayerNorm":
             return nn.LayerNorm(
                 tuple(spec["normalized_shape"]),

@@ -93,9 +93,15 @@ class PruningSpec:
 
     Families describe their coupling here instead of relying on a tracer, which cannot follow
     the reshapes and transposes many TSFMs use (TTM's adaptive patching, patch mixing).
+
+    ``blocks`` are the residual blocks that may go whole (depth pruning): dotted paths of modules
+    whose forward returns their input plus a branch, ``x + f(x)``, with the same shape, so that
+    replacing one by an identity removes exactly its branch. Each block is one unit of kind
+    ``block``; the width groups inside a block leave the spec once it is gone.
     """
 
     groups: tuple[PruneGroup, ...]
+    blocks: tuple[str, ...] = ()
 
 
 def residual_block_hidden(path: str, block: nn.Module) -> PruneGroup:

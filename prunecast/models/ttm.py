@@ -82,7 +82,8 @@ class TTMForecast(ForecastModule):
         return self.model.config.to_dict()
 
     def pruning_spec(self) -> PruningSpec:
-        """MLP hidden channels of every mixer, plus the encoder and decoder widths.
+        """MLP hidden channels of every mixer, plus the encoder and decoder widths; and every
+        patch and feature mixer as a block (each is ``x + f(x)`` as a whole, so it may go whole).
 
         Adaptive patching reshapes ``[.., P, D]`` into ``[.., P*f, D/f]``, so an encoder width unit
         ``u`` is the same sub-feature in each of the ``F = max f`` chunks of ``D/F`` features:
@@ -98,19 +99,20 @@ class TTMForecast(ForecastModule):
         dec_layers: list[tuple[str, object, int]] = []
         if cfg.use_decoder:
             dec_layers = _mixer_layers(self.model.decoder.decoder_block, "model.decoder.decoder_block")
+        blocks: list[str] = []
         for path, layer, _ in enc_layers + dec_layers:
-            for mixer in ("patch_mixer", "feature_mixer"):
-                if hasattr(layer, mixer):
-                    mlp = f"{path}.{mixer}.mlp"
-                    groups.append(
-                        PruneGroup(
-                            name=f"{mlp}.hidden",
-                            kind="mlp_hidden",
-                            units=getattr(layer, mixer).mlp.fc1.out_features,
-                            slices=(Slice(f"{mlp}.fc1", "out"), Slice(f"{mlp}.fc2", "in")),
-                            exact_by_zeroing=True,
-                        )
+            for mixer in _present_mixers(layer):
+                blocks.append(f"{path}.{mixer}")
+                mlp = f"{path}.{mixer}.mlp"
+                groups.append(
+                    PruneGroup(
+                        name=f"{mlp}.hidden",
+                        kind="mlp_hidden",
+                        units=getattr(layer, mixer).mlp.fc1.out_features,
+                        slices=(Slice(f"{mlp}.fc1", "out"), Slice(f"{mlp}.fc2", "in")),
+                        exact_by_zeroing=True,
                     )
+                )
         plain = (
             cfg.use_decoder
             and self.model.decoder.adapter is not None
@@ -156,7 +158,7 @@ class TTMForecast(ForecastModule):
                     config_scale=dec_factor,
                 )
             )
-        return PruningSpec(groups=tuple(groups))
+        return PruningSpec(groups=tuple(groups), blocks=tuple(blocks))
 
 
 def _mixer_layers(block, path: str) -> list[tuple[str, object, int]]:
@@ -171,12 +173,25 @@ def _mixer_layers(block, path: str) -> list[tuple[str, object, int]]:
     return layers
 
 
+def _present_mixers(layer) -> tuple[str, ...]:
+    """The residual mixers of a TTM layer still present: each (patch mixing, feature mixing) is
+    ``x + f(x)`` as a whole, so depth pruning replaces a whole one by an identity."""
+    return tuple(
+        name
+        for name in ("patch_mixer", "feature_mixer")
+        if hasattr(layer, name) and not isinstance(getattr(layer, name), torch.nn.Identity)
+    )
+
+
 def _width_slices(layers: list[tuple[str, object, int]]) -> tuple[Slice, ...]:
     """Every slice of a mixer block that lies on the feature (width) axis."""
     slices: list[Slice] = []
     for path, layer, _ in layers:
-        if hasattr(layer, "patch_mixer"):
+        present = _present_mixers(layer)
+        if "patch_mixer" in present:
             slices.append(Slice(f"{path}.patch_mixer.norm.norm", "out"))
+        if "feature_mixer" not in present:
+            continue
         fm = f"{path}.feature_mixer"
         slices += [
             Slice(f"{fm}.norm.norm", "out"),
