@@ -67,7 +67,7 @@ from pathlib import Path
 
 import torch
 
-from prunecast.common.defaults import DEFAULT_MODEL
+from prunecast.common.defaults import DEFAULT_MODEL, UNIT_KINDS
 from prunecast.compress import FinetuneConfig, PruneConfig, load_model, save_model
 from prunecast.data import TimeAxisPolicy, prepare_windows
 from prunecast.data.windows import PreparedData
@@ -83,6 +83,8 @@ SHARED_FILES = {
     "weather": "weather/weather.csv",
 }
 HORIZONS = (96, 192, 336, 720)
+WIDTH_KINDS = ("mlp_hidden", "heads", "width")
+"""Unit kinds the grid prunes (every kind but whole blocks)."""
 VARIANTS = ("zero_shot", "full_finetune", "pruned_finetune")
 """The grid's variants: run by default, the table's columns."""
 
@@ -136,6 +138,12 @@ TRIED = {
         "1e-2 (the default's highest, 1e-3, is what every pruned cell chose)",
         finetune={"lr_candidates": (1e-3, 3e-3, 1e-2)},
     ),
+    "pruned_blocks": Tried(
+        "prune (blocks too) + fine-tune",
+        "pruned as prune + fine-tune, but whole mixer blocks may go as well as widths (the library's "
+        "default kinds since depth pruning), then fine-tuned as prune + fine-tune",
+        prune={"kinds": UNIT_KINDS},
+    ),
 }
 """Variants tried against a losing cell (opt-in)."""
 LABELS = {
@@ -176,7 +184,9 @@ class GridConfig:
     """Transfer targets outside the grid's datasets (their zero-shot cells run, nothing else)."""
     model: str = DEFAULT_MODEL
     revision: str | None = None
-    prune: PruneConfig = field(default_factory=PruneConfig)
+    prune: PruneConfig = field(default_factory=lambda: PruneConfig(kinds=WIDTH_KINDS))
+    """The library's prune defaults, widths only: the grid's cells were run before depth pruning
+    (the ``block`` kind), and a file resumes only with the settings it was made with."""
     finetune: FinetuneConfig = field(default_factory=FinetuneConfig)
     test_limit: int | None = None
     """Evaluate only the first N test windows (quick runs); None: the whole test split."""
