@@ -39,7 +39,7 @@ import torch
 from torch import nn
 
 from prunecast.bench.latency_model import latency_model_for
-from prunecast.common.defaults import TARGETS
+from prunecast.common.defaults import TARGETS, UNIT_KINDS
 from prunecast.compress import FinetuneConfig, PruneConfig, count_macs, count_params, finetune, prune
 from prunecast.data import prepare_windows
 from prunecast.evaluate import evaluate
@@ -193,6 +193,13 @@ def main() -> None:
         help="what --budgets are fractions of (latency: measured on onnxruntime, as prunecast run's default)",
     )
     parser.add_argument(
+        "--kinds",
+        nargs="+",
+        choices=UNIT_KINDS,
+        default=list(UNIT_KINDS),
+        help="unit kinds pruning may remove (default all, whole blocks included)",
+    )
+    parser.add_argument(
         "--ablation-budget", type=float, default=0.12, help="budget of the two ablations (0: skip)"
     )
     parser.add_argument("--skip-full", action="store_true", help="skip the full fine-tuning baseline")
@@ -218,16 +225,24 @@ def main() -> None:
     of = "" if args.target == "latency-estimate" else f" of {args.target}"
     for budget in args.budgets:
         name = f"prune {budget:g}{of} + ft (loss)"
-        cfg = {"budget": budget, "target": args.target}
+        cfg = {"budget": budget, "target": args.target, "kinds": tuple(args.kinds)}
         rows.append(run_row(name, ttm, data, args.seeds, prune_cfg=cfg, teacher=teacher))
         _save(args.output, rows, args)
     if args.ablation_budget:
         budget = args.ablation_budget
-        cfg = {"budget": budget, "target": args.target, "importance": "magnitude"}
+        cfg = {"budget": budget, "target": args.target, "kinds": tuple(args.kinds), "importance": "magnitude"}
         name = f"prune {budget:g}{of} + ft (magnitude)"
         rows.append(run_row(name, ttm, data, args.seeds, prune_cfg=cfg, teacher=teacher))
         name = f"prune {budget:g}{of} + ft (loss, no distillation)"
-        rows.append(run_row(name, ttm, data, args.seeds, prune_cfg={"budget": budget, "target": args.target}))
+        rows.append(
+            run_row(
+                name,
+                ttm,
+                data,
+                args.seeds,
+                prune_cfg={"budget": budget, "target": args.target, "kinds": tuple(args.kinds)},
+            )
+        )
         _save(args.output, rows, args)
     dlinear_ft = {"lr_candidates": (1e-3, 3e-3, 1e-2), "epochs": 10}
     rows.append(run_row("DLinear", lambda: DLinear(512, 96), data, args.seeds, ft_cfg=dlinear_ft))
