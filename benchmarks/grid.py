@@ -67,7 +67,7 @@ from pathlib import Path
 
 import torch
 
-from prunecast.common.defaults import DEFAULT_MODEL, UNIT_KINDS
+from prunecast.common.defaults import DEFAULT_MODEL, UNIT_KINDS, WIDTH_KINDS
 from prunecast.compress import FinetuneConfig, PruneConfig, load_model, save_model
 from prunecast.data import TimeAxisPolicy, prepare_windows
 from prunecast.data.windows import PreparedData
@@ -83,8 +83,6 @@ SHARED_FILES = {
     "weather": "weather/weather.csv",
 }
 HORIZONS = (96, 192, 336, 720)
-WIDTH_KINDS = ("mlp_hidden", "heads", "width")
-"""Unit kinds the grid prunes (every kind but whole blocks)."""
 VARIANTS = ("zero_shot", "full_finetune", "pruned_finetune")
 """The grid's variants: run by default, the table's columns."""
 

@@ -7,8 +7,10 @@ DEFAULT_DISTILL = 0.5
 """Weight of the unpruned model's forecast in the pruned model's fine-tuning target."""
 IMPORTANCES = ("loss", "loss2", "magnitude")
 """Pruning scores ``PruneConfig.importance`` accepts."""
-UNIT_KINDS = ("mlp_hidden", "heads", "width", "block")
-"""What pruning may remove: MLP hidden channels, attention heads, residual widths, whole residual blocks."""
+WIDTH_KINDS = ("mlp_hidden", "heads", "width")
+"""Unit kinds that narrow a model: MLP hidden channels, attention heads, residual widths."""
+UNIT_KINDS = (*WIDTH_KINDS, "block")
+"""What pruning may remove: the width kinds and whole residual blocks (depth pruning)."""
 TARGETS = ("latency", "latency-estimate", "macs", "params")
 """What ``PruneConfig.budget`` is a fraction of."""
 DEFAULT_TARGET = "latency"
