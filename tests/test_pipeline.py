@@ -74,6 +74,8 @@ def test_run_writes_every_file_with_the_documented_keys(quick_run):
     assert "| pruned + fine-tune |" in md and "![forecasts](forecasts.png)" in md
     assert on_disk["pruned_finetune"]["finetune"]["config"]["distill"] == 0.5
     assert "0.5 x the original model's forecast (distillation)" in md
+    gone = on_disk["pruned_finetune"]["prune"]["blocks_removed"]  # depth pruning, in the md when any
+    assert (f"Depth pruning removed {len(gone)} whole blocks" in md) == bool(gone)
 
 
 @requires_ttm

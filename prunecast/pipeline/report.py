@@ -100,6 +100,7 @@ def render_markdown(report: dict) -> str:
         f"MACs reduction {zs['macs'] / pr['macs']:.2f}x; parameters {zs['params'] / pr['params']:.2f}x fewer. "
         f"The pruned model was fine-tuned toward {_targets(pr['finetune']['config']['distill'])}.",
         "",
+        *_blocks_line(pr["prune"].get("blocks_removed", [])),
         "## Plots",
         "",
         f"![forecasts]({PLOTS['forecasts']})",
@@ -110,6 +111,14 @@ def render_markdown(report: dict) -> str:
         "",
     ]
     return "\n".join(lines)
+
+
+def _blocks_line(blocks: list[str]) -> list[str]:
+    """Which residual blocks depth pruning removed whole (their width groups plot as kept 0)."""
+    if not blocks:
+        return []
+    names = ", ".join(f"`{b}`" for b in blocks)
+    return [f"Depth pruning removed {len(blocks)} whole blocks: {names}.", ""]
 
 
 def head_label(row: dict) -> str:
