@@ -1,14 +1,16 @@
 """Pruning to measured latency (issue 16): the estimate's budget against the measured one, with
-and without width rounding, then all of them timed side by side against the original.
+and without width rounding and depth pruning, then all of them timed side by side against the
+original.
 
     flock /tmp/prunecast-bench.lock python benchmarks/measured_latency.py
 
-TTM r2 on ETTh1-96 is pruned three ways (no fine-tuning: this is about speed and the latency
+TTM r2 on ETTh1-96 is pruned four ways (no fine-tuning: this is about speed and the latency
 model, the accuracy benchmark covers fine-tuning): to the estimate's default budget
 (``--target latency-estimate``, 0.18), and to the measured default (``--target latency``, 0.35 of
 the latency measured on onnxruntime at batch 256 with 2 threads) without and with rounding the
-widths. Each measured run's report holds its latency model's prediction for the final model,
-made before that model was measured, beside the measurement. Then the original and the three
+widths, these three on widths alone; and the default, which may also remove whole mixer blocks.
+Each measured run's report holds its latency model's prediction for the final model, made before
+that model was measured, beside the measurement. Then the original and the four
 pruned models are exported and timed in one ``bench`` run (interleaved rounds), so every speedup
 over the original in PyTorch eager is a ratio taken side by side. Writes
 ``benchmarks/results/measured_latency.json`` and ``measured_latency.png``.
@@ -31,16 +33,24 @@ import matplotlib.pyplot as plt  # noqa: E402
 from prunecast.bench import BenchConfig, bench  # noqa: E402
 from prunecast.bench.latency_model import LatencySettings, latency_model_for  # noqa: E402
 from prunecast.bench.timing import TimingConfig  # noqa: E402
-from prunecast.common.defaults import DEFAULT_BUDGET, DEFAULT_MODEL, MEASURED_BUDGET  # noqa: E402
+from prunecast.common.defaults import (  # noqa: E402
+    DEFAULT_BUDGET,
+    DEFAULT_MODEL,
+    MEASURED_BUDGET,
+    WIDTH_KINDS,
+)
 from prunecast.compress import PruneConfig, load_model, prune, save_model  # noqa: E402
 from prunecast.data import prepare_windows  # noqa: E402
 
 RESULTS = Path(__file__).resolve().parent / "results"
 VARIANTS = {
-    "estimate": PruneConfig(budget=DEFAULT_BUDGET, target="latency-estimate"),
-    "measured": PruneConfig(budget=MEASURED_BUDGET, target="latency", round_widths=False),
-    "measured+rounding": PruneConfig(budget=MEASURED_BUDGET, target="latency"),
+    "estimate": PruneConfig(budget=DEFAULT_BUDGET, target="latency-estimate", kinds=WIDTH_KINDS),
+    "measured": PruneConfig(budget=MEASURED_BUDGET, target="latency", round_widths=False, kinds=WIDTH_KINDS),
+    "measured+rounding": PruneConfig(budget=MEASURED_BUDGET, target="latency", kinds=WIDTH_KINDS),
+    "measured+rounding+blocks": PruneConfig(budget=MEASURED_BUDGET, target="latency"),
 }
+"""Each step's own effect: the first three narrow the model only; the last is the default, which may
+also remove whole mixer blocks (depth pruning)."""
 
 
 def prune_variants(data_name: str, horizon: int, settings: LatencySettings, workdir: Path) -> dict:
@@ -63,6 +73,7 @@ def prune_variants(data_name: str, horizon: int, settings: LatencySettings, work
             "widths": {layer.name: layer.kept for layer in report.layers},
             "latency": summary["latency"],
             "rounding": summary["rounding"],
+            "blocks_removed": summary["blocks_removed"],
         }
         print(f"{name}: {_line(out[name])}", flush=True)
     return out
@@ -131,7 +142,7 @@ def main() -> None:
         config = BenchConfig(batch_sizes=(1, 256), threads=args.threads, data=args.data, timing=timing)
         result = bench(models, config)
     out = {
-        "benchmark": "prune to measured latency (issue 16): estimate vs measured budget, rounding",
+        "benchmark": "prune to measured latency (issue 16): estimate vs measured budget, rounding, depth pruning",
         "load_average_before": load_before,
         "load_average_after": os.getloadavg(),
         "machine_note": "2 cores; run under flock /tmp/prunecast-bench.lock; the load averages say "
