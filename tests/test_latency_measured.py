@@ -81,6 +81,18 @@ def test_nonnegative_fit_recovers_a_line_and_never_goes_below_zero():
     assert slope == 0 and fixed > 0
 
 
+def test_nonnegative_fit_separates_per_layer_work_only_when_the_layer_count_moves():
+    elements = np.array([4.0, 2.0, 1.0, 3.0])
+    layers = np.array([60.0, 60.0, 60.0, 30.0])  # the last probe has half the layers (fewer blocks)
+    w = np.ones(4)
+    y = 0.2 + 1.5 * elements + 0.03 * layers
+    assert np.allclose(_nonnegative_fit(np.stack([elements, layers], axis=1), y, w), (0.2, 1.5, 0.03))
+    # the same layer count everywhere: its term cannot be told from the fixed one and stays 0
+    same = np.stack([elements[:3], layers[:3]], axis=1)
+    fixed, per_element, per_layer = _nonnegative_fit(same, y[:3], w[:3])
+    assert per_layer == 0 and np.isclose(fixed, 0.2 + 0.03 * 60) and np.isclose(per_element, 1.5)
+
+
 def test_serving_parts_follow_the_runtime_batch_split():
     assert serving_parts(LatencySettings(batch=256, threads=2)) == (128, 1)
     assert serving_parts(LatencySettings(batch=1, threads=2)) == (1, 2)

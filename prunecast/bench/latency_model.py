@@ -3,13 +3,18 @@
 ``--target latency`` prunes to a fraction of this prediction::
 
     seconds = fixed + sum(table[linear shape] for each Linear) + per_element * activation elements
+              + per_linear * Linear calls
 
 ``table`` is the :class:`~prunecast.bench.blocks.BlockTable` of the backend (each Linear timed
 alone at its shape). The rest of the model's work, normalisation, softmax, activations,
 transposes and the per-call cost of the graph, is not a Linear: it is fitted to whole-model
 measurements on the same backend (the model as given, copies with every prunable group cut to a
-half and a quarter of its units, and the pruned models ``prune`` checks on its way:
-:meth:`MeasuredLatency.calibrate`). Each pruned model's prediction is recorded before it is
+half and a quarter of its units, one without every other block where the model has blocks, and
+the pruned models ``prune`` checks on its way: :meth:`MeasuredLatency.calibrate`). The work that
+comes with each layer whatever its width (a normalisation, a softmax gate, a layout change on a
+small tensor) is the per-Linear term; only a probe with fewer layers tells it apart from the
+fixed one, so without it depth pruning would be priced as if a removed block saved its Linears
+alone. Each pruned model's prediction is recorded before it is
 measured, so the report says how far the prediction holds. A whole model is timed side by side
 with the reference, in alternating rounds, and its time is that ratio times the reference's: on
 a shared machine the load moves between measurements, and a ratio taken in one moment holds.
@@ -31,6 +36,7 @@ from pathlib import Path
 import numpy as np
 
 from prunecast.bench.blocks import BACKENDS, BlockTable, BlockTiming, cache_root, quiet_median
+from prunecast.compress.blocks import skip_block
 from prunecast.compress.cost import LinearShape, linear_shapes
 from prunecast.compress.discover import pruning_spec
 from prunecast.compress.groups import remove_units
@@ -82,18 +88,21 @@ class Probe:
     linear_ms: float
     """The block table's figure for its Linears (the rest of ``measured_ms`` is not Linear work)."""
     activation_elements: int
+    linears: int = 0
+    """Linear calls in one forward pass (the layers that run)."""
     predicted_ms: float | None = None
     """What the fit predicted for it before it was measured (None for the first probes)."""
 
 
 @dataclass
 class Calibration:
-    """The whole-model probes and the fit of ``measured - linear = fixed + per_element * elements``
-    to them, least squares on relative error, both terms at least 0."""
+    """The whole-model probes and the fit of ``measured - linear = fixed + per_element * elements
+    + per_linear * linears`` to them, least squares on relative error, every term at least 0."""
 
     probes: list[Probe] = field(default_factory=list)
     fixed_ms: float = 0.0
     per_element_ns: float = 0.0
+    per_linear_us: float = 0.0
     residual_ms: float = 0.0
     """The fit's error on the last pruned probe, added to every prediction after it."""
     blocks_measured: int = 0
@@ -101,29 +110,43 @@ class Calibration:
 
     def refit(self) -> None:
         y = np.array([p.measured_ms - p.linear_ms for p in self.probes])
-        x = np.array([p.activation_elements * 1e-6 for p in self.probes], dtype=float)
+        elements = np.array([p.activation_elements * 1e-6 for p in self.probes], dtype=float)
+        linears = np.array([p.linears * 1e-3 for p in self.probes], dtype=float)
         w = 1 / np.array([p.measured_ms for p in self.probes])
-        fixed, slope = _nonnegative_fit(x, y, w)
-        self.fixed_ms, self.per_element_ns = (
-            float(fixed),
-            float(slope),
-        )  # ms per 1e6 elements = ns per element
+        fixed, per_element, per_linear = _nonnegative_fit(np.stack([elements, linears], axis=1), y, w)
+        # ms per 1e6 elements = ns per element; ms per 1e3 Linears = us per Linear
+        self.fixed_ms, self.per_element_ns, self.per_linear_us = fixed, per_element, per_linear
+
+    def non_linear_ms(self, probe: Probe) -> float:
+        """The fit's figure for a probe's work outside its Linears."""
+        return (
+            self.fixed_ms
+            + self.per_element_ns * 1e-6 * probe.activation_elements
+            + self.per_linear_us * 1e-3 * probe.linears
+        )
 
 
-def _nonnegative_fit(x: np.ndarray, y: np.ndarray, w: np.ndarray) -> tuple[float, float]:
-    """``y ~ a + b x`` by weighted least squares with ``a, b >= 0`` (two unknowns: try the full
-    fit, then each term alone, and keep the best that is admissible)."""
-    best, best_err = (0.0, 0.0), float(np.sum((w * y) ** 2))
-    design = np.stack([np.ones_like(x), x], axis=1) * w[:, None]
-    fits = [tuple(np.linalg.lstsq(design, w * y, rcond=None)[0])]
-    fits += [(float(np.sum(w * w * y) / np.sum(w * w)), 0.0)]
-    if np.any(x > 0):
-        fits += [(0.0, float(np.sum(w * w * x * y) / np.sum(w * w * x * x)))]
-    for a, b in fits:
-        err = float(np.sum((w * (a + b * x - y)) ** 2))
-        if a >= 0 and b >= 0 and err < best_err:
-            best, best_err = (float(a), float(b)), err
-    return best
+def _nonnegative_fit(x: np.ndarray, y: np.ndarray, w: np.ndarray) -> tuple[float, ...]:
+    """``y ~ a + x @ b`` by weighted least squares with ``a`` and every ``b`` at least 0: the
+    unconstrained fit on every subset of the terms (the others held at 0), keeping the best that
+    is admissible. ``x`` is one column per term (``[n]`` for one term); returns ``(a, *b)``."""
+    x = x.reshape(len(y), -1)
+    design = np.concatenate([np.ones((len(y), 1)), x], axis=1)
+    terms = design.shape[1]
+    best, best_err = np.zeros(terms), float(np.sum((w * y) ** 2))
+    for mask in range(1, 2**terms):
+        cols = [j for j in range(terms) if mask >> j & 1]
+        if any(j and np.ptp(design[:, j]) == 0 for j in cols):
+            continue  # the same in every probe: the fixed term's work, not this term's
+        sub = design[:, cols] * w[:, None]
+        if np.linalg.matrix_rank(sub) < len(cols):
+            continue  # a term the probes cannot tell apart from the others
+        coef = np.zeros(terms)
+        coef[cols] = np.linalg.lstsq(sub, w * y, rcond=None)[0]
+        err = float(np.sum((w * (design @ coef - y)) ** 2))
+        if np.all(coef >= 0) and err < best_err:
+            best, best_err = coef, err
+    return tuple(float(c) for c in best)
 
 
 @dataclass
@@ -158,6 +181,7 @@ class MeasuredLatency:
             (cal.fixed_ms + cal.residual_ms) / 1e3
             + self._linear(shapes)
             + cal.per_element_ns * 1e-9 * _activation_elements(shapes)
+            + cal.per_linear_us * 1e-6 * len(shapes)
         )
 
     def predict(self, module: ForecastModule) -> float:
@@ -172,9 +196,7 @@ class MeasuredLatency:
         probe = self._probe("pruned", module, predicted)
         cal.probes.append(probe)
         cal.refit()
-        cal.residual_ms = probe.measured_ms - (
-            cal.fixed_ms + probe.linear_ms + cal.per_element_ns * 1e-6 * probe.activation_elements
-        )
+        cal.residual_ms = probe.measured_ms - probe.linear_ms - cal.non_linear_ms(probe)
         return probe.measured_ms / 1e3
 
     def realise(self, module: ForecastModule) -> float:
@@ -226,14 +248,15 @@ class MeasuredLatency:
             cached = len(table.entries)
             self._ensure_anchor()
             half = halved(self.reference)
-            cal = Calibration(
-                [
-                    self._probe("full", self.reference),
-                    self._probe("half", half),
-                    self._probe("quarter", halved(half)),
-                ],
-                blocks_cached=cached,
-            )
+            probes = [
+                self._probe("full", self.reference),
+                self._probe("half", half),
+                self._probe("quarter", halved(half)),
+            ]
+            blocks = pruning_spec(self.reference).blocks
+            if len(blocks) > 1:
+                probes.append(self._probe("shallow", shallower(self.reference, blocks[::2])))
+            cal = Calibration(probes, blocks_cached=cached)
             cal.refit()
             self.calibration = cal
         self.calibration.blocks_measured = self._table().measured
@@ -246,6 +269,7 @@ class MeasuredLatency:
             measured_ms=(self._anchor_s if module is self.reference else self.realise(module)) * 1e3,
             linear_ms=self._linear(shapes) * 1e3,
             activation_elements=_activation_elements(shapes),
+            linears=len(shapes),
             predicted_ms=None if predicted_ms is None else round(predicted_ms, 4),
         )
 
@@ -268,6 +292,15 @@ def halved(module: ForecastModule) -> ForecastModule:
         keep = max(math.ceil(group.units / 2), group.min_units)
         remove_units(half, group, list(range(keep, group.units)))
     return half
+
+
+def shallower(module: ForecastModule, blocks: tuple[str, ...]) -> ForecastModule:
+    """A copy of ``module`` without ``blocks``: the probe with fewer layers, which alone tells the
+    per-Linear term from the fixed one."""
+    out = copy.deepcopy(module)
+    for b in blocks:
+        skip_block(out, b)
+    return out
 
 
 def serving_call(module: ForecastModule, settings: LatencySettings, workdir: Path) -> Callable[[], object]:
