@@ -95,7 +95,8 @@ def test_nonnegative_fit_separates_per_layer_work_only_when_the_layer_count_move
 
 def test_serving_parts_follow_the_runtime_batch_split():
     assert serving_parts(LatencySettings(batch=256, threads=2)) == (128, 1)
-    assert serving_parts(LatencySettings(batch=1, threads=2)) == (1, 2)
+    assert serving_parts(LatencySettings(batch=1, threads=2)) == (1, 1)  # too small to split: one thread
+    assert serving_parts(LatencySettings(batch=8, threads=1)) == (8, 1)
     assert serving_parts(LatencySettings(backend="torch", batch=256, threads=2)) == (256, 2)
 
 

@@ -69,13 +69,13 @@ class LatencySettings:
 
 
 def serving_parts(settings: LatencySettings) -> tuple[int, int]:
-    """``(series, threads)`` of each part the runtime runs a batch as (see ``BackendOptions.split_batches``)."""
+    """``(series, threads)`` of each part the runtime runs a batch as (see ``BackendOptions.split_batches``:
+    on onnxruntime with several threads every part, a batch too small to split included, is single-threaded)."""
     if settings.backend == "onnxruntime" and settings.threads > 1:
         from prunecast.runtime.backends.ort import SPLIT_MIN_ROWS
 
         parts = min(settings.threads, settings.batch // SPLIT_MIN_ROWS)
-        if parts >= 2:
-            return math.ceil(settings.batch / parts), 1
+        return (math.ceil(settings.batch / parts) if parts >= 2 else settings.batch), 1
     return settings.batch, settings.threads
 
 
