@@ -10,8 +10,8 @@ only ever evaluated, never used to choose anything.
 
     python benchmarks/accuracy.py                         # the full table (about an hour on 2 cores)
     python benchmarks/accuracy.py --budgets 0.5 --seeds 0 # one quick row
-    python benchmarks/accuracy.py --target latency --budgets 0.35 --ablation-budget 0 \
-        --output benchmarks/results/accuracy_measured.json   # prunecast run's default, 3 seeds
+    python benchmarks/accuracy.py --target latency --budgets 0.2 --ablation-budget 0 --skip-full \
+        --output benchmarks/results/accuracy_depth020.json   # prunecast run's default, 3 seeds
     python benchmarks/accuracy.py --family patchtst       # PatchTST rows only (no TTM rows)
 
 ``--family patchtst`` trains the published ETTh1 PatchTST/42 shape (context 336, patch 16 stride

@@ -185,7 +185,7 @@ def test_cli_prune_measures_latency_by_default(small_ttm, small_data, tmp_path, 
     assert main([*args, "--latency-batch", "8", "--threads", "1", "--json"]) == 0
     report = json.loads(capsys.readouterr().out)
     block = report["latency"]
-    assert report["config"]["target"] == "latency" and report["config"]["budget"] == 0.35
+    assert report["config"]["target"] == "latency" and report["config"]["budget"] == 0.2
     assert block["model"]["settings"]["backend"] == "onnxruntime" and block["model"]["block_batch"] == 8
     assert block["realised_ms_after"] > 0 and block["predicted_ms_after"] > 0
     assert block["predicted_ms_after"] < block["predicted_ms_before"]
