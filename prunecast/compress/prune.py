@@ -1,8 +1,8 @@
 """``prune(module, train, val, config)``: progressive, loss-guided structured pruning to a budget.
 
 Each step scores every unit of every prunable group (MLP hidden channels, attention heads,
-residual widths, from the model's :class:`~prunecast.models.base.PruningSpec`) on fresh training
-batches, smooths the scores with an EMA across steps, ranks all units of all groups globally, and
+residual widths, from the model's :class:`~prunecast.models.base.PruningSpec`), and every residual
+block the spec lets go whole (:mod:`prunecast.compress.blocks`), on fresh training batches, smooths the scores with an EMA across steps, ranks all units of all groups globally, and
 physically removes the lowest-ranked ``step_fraction`` of the remaining units (fewer in the last
 step, just enough to meet the budget). By default a unit's rank is its loss change per MAC (or
 parameter) it saves, so a wide, cheap-to-lose residual unit and a narrow MLP channel are compared
