@@ -39,7 +39,8 @@ import torch
 from torch import nn
 
 from prunecast.bench.latency_model import latency_model_for
-from prunecast.common.defaults import TARGETS, UNIT_KINDS
+from prunecast.cli.common import add_kinds_arg
+from prunecast.common.defaults import TARGETS
 from prunecast.compress import FinetuneConfig, PruneConfig, count_macs, count_params, finetune, prune
 from prunecast.data import prepare_windows
 from prunecast.evaluate import evaluate
@@ -192,13 +193,7 @@ def main() -> None:
         default="latency-estimate",
         help="what --budgets are fractions of (latency: measured on onnxruntime, as prunecast run's default)",
     )
-    parser.add_argument(
-        "--kinds",
-        nargs="+",
-        choices=UNIT_KINDS,
-        default=list(UNIT_KINDS),
-        help="unit kinds pruning may remove (default all, whole blocks included)",
-    )
+    add_kinds_arg(parser)
     parser.add_argument(
         "--ablation-budget", type=float, default=0.12, help="budget of the two ablations (0: skip)"
     )

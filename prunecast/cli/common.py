@@ -59,6 +59,19 @@ def time_axis_from_args(args: argparse.Namespace):
     return TimeAxisPolicy(duplicates=args.duplicates, fill=args.fill)
 
 
+def add_kinds_arg(parser: argparse.ArgumentParser) -> None:
+    """``--kinds``: the unit kinds pruning may remove (all by default)."""
+    from prunecast.common.defaults import UNIT_KINDS
+
+    parser.add_argument(
+        "--kinds",
+        nargs="+",
+        choices=UNIT_KINDS,
+        default=list(UNIT_KINDS),
+        help="unit kinds that may be pruned (block: whole residual blocks, depth pruning)",
+    )
+
+
 def add_budget_args(parser: argparse.ArgumentParser, threads: bool = True) -> None:
     """``--budget`` and ``--target``, and where ``--target latency`` measures (``--latency-backend``,
     ``--latency-batch``, and ``--threads`` unless the command has its own)."""

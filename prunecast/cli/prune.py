@@ -6,13 +6,14 @@ import argparse
 
 from prunecast.cli.common import (
     add_budget_args,
+    add_kinds_arg,
     add_model_data_args,
     budget_from_args,
     emit,
     latency_settings_from_args,
     load_model_and_data,
 )
-from prunecast.common.defaults import IMPORTANCES, UNIT_KINDS
+from prunecast.common.defaults import IMPORTANCES
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -21,13 +22,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--out", "-o", dest="output", required=True, help="directory to save the pruned model to")
     add_budget_args(p)
     p.add_argument("--importance", choices=IMPORTANCES, default="loss")
-    p.add_argument(
-        "--kinds",
-        nargs="+",
-        choices=UNIT_KINDS,
-        default=list(UNIT_KINDS),
-        help="unit kinds that may be pruned (block: whole residual blocks, depth pruning)",
-    )
+    add_kinds_arg(p)
     p.add_argument("--step-fraction", type=float, default=0.1, help="share of remaining units per step")
     p.add_argument("--max-steps", type=int, default=30)
     p.add_argument("--macro-batch", type=int, default=512, help="training windows scored per step")
