@@ -36,7 +36,7 @@ from pathlib import Path
 import numpy as np
 
 from prunecast.bench.blocks import BACKENDS, BlockTable, BlockTiming, cache_root, quiet_median
-from prunecast.compress.blocks import skip_block
+from prunecast.compress.blocks import without
 from prunecast.compress.cost import LinearShape, linear_shapes
 from prunecast.compress.discover import pruning_spec
 from prunecast.compress.groups import remove_units
@@ -255,7 +255,8 @@ class MeasuredLatency:
             ]
             blocks = pruning_spec(self.reference).blocks
             if len(blocks) > 1:
-                probes.append(self._probe("shallow", shallower(self.reference, blocks[::2])))
+                # fewer layers: the probe that alone tells the per-Linear term from the fixed one
+                probes.append(self._probe("shallow", without(self.reference, blocks[::2])))
             cal = Calibration(probes, blocks_cached=cached)
             cal.refit()
             self.calibration = cal
@@ -292,15 +293,6 @@ def halved(module: ForecastModule) -> ForecastModule:
         keep = max(math.ceil(group.units / 2), group.min_units)
         remove_units(half, group, list(range(keep, group.units)))
     return half
-
-
-def shallower(module: ForecastModule, blocks: tuple[str, ...]) -> ForecastModule:
-    """A copy of ``module`` without ``blocks``: the probe with fewer layers, which alone tells the
-    per-Linear term from the fixed one."""
-    out = copy.deepcopy(module)
-    for b in blocks:
-        skip_block(out, b)
-    return out
 
 
 def serving_call(module: ForecastModule, settings: LatencySettings, workdir: Path) -> Callable[[], object]:

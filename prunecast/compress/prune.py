@@ -2,7 +2,8 @@
 
 Each step scores every unit of every prunable group (MLP hidden channels, attention heads,
 residual widths, from the model's :class:`~prunecast.models.base.PruningSpec`), and every residual
-block the spec lets go whole (:mod:`prunecast.compress.blocks`), on fresh training batches, smooths the scores with an EMA across steps, ranks all units of all groups globally, and
+block the spec lets go whole (:mod:`prunecast.compress.blocks`), on fresh training batches, smooths
+the scores with an EMA across steps, ranks all units of all groups globally, and
 physically removes the lowest-ranked ``step_fraction`` of the remaining units (fewer in the last
 step, just enough to meet the budget). By default a unit's rank is its loss change per MAC (or
 parameter) it saves, so a wide, cheap-to-lose residual unit and a narrow MLP channel are compared
@@ -253,6 +254,7 @@ def prune(
         for b in gone:  # after the units: a group inside a block is still in the spec until it goes
             depth.skip_block(module, b)
             ledger.skipped.append(b)
+        if gone:
             deltas.clear()  # every group's per-unit shape change is re-read on the smaller model
         loss = val_loss(module, val, val_idx)
         steps.append(
@@ -426,8 +428,9 @@ def _scores(
             module, *tensors(train, distributed.shard(idx[: config.per_sample_batch]))
         )
     # each rank accumulates its share of the macro batch, weighted by its share of the whole,
-    # so the gradients summed over the ranks are the macro batch's (loss2 needs them for blocks only)
-    local = distributed.shard(idx) if not importance.second_order or blocks else idx[:0]
+    # so the gradients summed over the ranks are the macro batch's (loss2 reads them for blocks only)
+    passes = not importance.second_order or bool(blocks)
+    local = distributed.shard(idx) if passes else []
     with depth.recording_scores(module, blocks) as block_scores:
         for i in range(0, len(local), config.micro_batch):
             x, y = tensors(train, local[i : i + config.micro_batch])

@@ -21,7 +21,7 @@ import copy
 import math
 from dataclasses import dataclass, field
 
-from prunecast.compress.blocks import skip_block
+from prunecast.compress.blocks import without
 from prunecast.compress.cost import LatencyModel
 from prunecast.compress.discover import pruning_spec
 from prunecast.compress.groups import remove_units
@@ -147,9 +147,7 @@ def apply_rounding(
 def rebuild(original: ForecastModule, ledger: UnitLedger) -> ForecastModule:
     """A copy of ``original`` without the blocks ``ledger`` skipped, holding exactly the units it
     keeps of each group left."""
-    out = copy.deepcopy(original)
-    for block in ledger.skipped:
-        skip_block(out, block)
+    out = without(original, ledger.skipped)
     for name, kept in ledger.kept.items():
         group = {g.name: g for g in pruning_spec(out).groups}.get(name)
         if group is not None:  # None: the group was inside a block that went
