@@ -29,9 +29,9 @@ class BackendOptions:
     ``split_batches``: on the CPU with more than one thread, run a large batch as one part per
     thread, side by side on single-threaded sessions (onnxruntime only). A small model's many
     small ops spend more on thread hand-offs inside one session than they gain from them
-    (pruned TTM, batch 256, 2 threads: 12 ms split, 16 ms in one session); the price is a
-    second session, so the weights are in memory twice. A batch too small to split runs on the
-    single-threaded session as well (0.061 against 0.082 ms at batch 1 on 2 threads, depth-pruned TTM).
+    (pruned TTM, batch 256, 2 threads: 12 ms split, 16 ms in one session). The session is then
+    single-threaded, and a batch too small to split runs on it whole (0.061 against 0.082 ms at
+    batch 1 on 2 threads, depth-pruned TTM).
     """
 
     device: str = "auto"

@@ -33,9 +33,10 @@ class OnnxRuntimeBackend(Backend):
     used) is reported in ``fallback`` and as a warning.
     ``InferenceSession.run`` is thread-safe, so calls need no lock.
 
-    On the CPU with ``threads > 1`` and ``options.split_batches``, a batch of at least
-    ``2 * SPLIT_MIN_ROWS`` series runs as up to ``threads`` parts at once, each on a second,
-    single-threaded session. A smaller batch runs whole on that single-threaded session too: too
+    On the CPU with ``threads > 1`` and ``options.split_batches``, the session is single-threaded
+    and a batch of at least ``2 * SPLIT_MIN_ROWS`` series runs as up to ``threads`` parts at once
+    on it (a second, single-threaded session only where CUDA was offered and dropped, leaving a
+    multi-threaded CPU one). A smaller batch runs whole on the single-threaded session: too
     few rows to split are too few for threads inside one session to pay for their hand-offs
     (depth-pruned TTM r2, spinning off: 0.061 ms single-threaded against 0.082 ms on 2 threads at
     batch 1, 0.40 against 0.57 ms at 15). ``split_batches=False`` keeps every batch on the
@@ -54,7 +55,8 @@ class OnnxRuntimeBackend(Backend):
         session_options = ort.SessionOptions()
         session_options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
         session_options.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
-        session_options.intra_op_num_threads = options.cpu_threads()
+        threads = options.cpu_threads()
+        split = options.split_batches and threads > 1
         session_options.inter_op_num_threads = 1
         if not options.spinning:
             session_options.add_session_config_entry("session.intra_op.allow_spinning", "0")
@@ -62,6 +64,8 @@ class OnnxRuntimeBackend(Backend):
 
         cuda_available = CUDA_EP in ort.get_available_providers()
         try_cuda = options.device != "cpu" and cuda_available
+        # a CPU session that splits is single-threaded: every batch runs on it, whole or in parts
+        session_options.intra_op_num_threads = 1 if split and not try_cuda else threads
         providers: list = [(CUDA_EP, {"device_id": options.cuda_index}), CPU_EP] if try_cuda else [CPU_EP]
         path = Path(art_dir) / ONNX_NAME
         try:
@@ -83,13 +87,16 @@ class OnnxRuntimeBackend(Backend):
 
         self._input_name = _check_signature(self._session, manifest, path)
         self.max_batch = options.max_batch or DEFAULT_MAX_BATCH
-        self.threads = session_options.intra_op_num_threads
+        self.threads = threads
         self.providers = used
         self._single = self._parts = None
-        if options.split_batches and not on_cuda and self.threads > 1:
-            session_options.intra_op_num_threads = 1
-            self._single = ort.InferenceSession(str(path), session_options, providers=[CPU_EP])
-            self._parts = ThreadPoolExecutor(self.threads - 1, thread_name_prefix="prunecast-ort")
+        if split and not on_cuda:
+            if try_cuda:  # CUDA was offered but dropped: this session has every thread
+                session_options.intra_op_num_threads = 1
+                self._single = ort.InferenceSession(str(path), session_options, providers=[CPU_EP])
+            else:
+                self._single = self._session
+            self._parts = ThreadPoolExecutor(threads - 1, thread_name_prefix="prunecast-ort")
 
     def run(self, batch: np.ndarray) -> np.ndarray:
         return self._run(batch, FORECAST_ONLY)[0]
