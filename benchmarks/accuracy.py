@@ -218,26 +218,21 @@ def main() -> None:
     teacher = ttm()  # the unpruned model the pruned ones distil from (prunecast run does the same)
     # a latency-estimate row keeps the name it had before --target existed
     of = "" if args.target == "latency-estimate" else f" of {args.target}"
+
+    def prune_cfg(budget: float, **changes) -> dict:
+        return {"budget": budget, "target": args.target, "kinds": tuple(args.kinds), **changes}
+
     for budget in args.budgets:
         name = f"prune {budget:g}{of} + ft (loss)"
-        cfg = {"budget": budget, "target": args.target, "kinds": tuple(args.kinds)}
-        rows.append(run_row(name, ttm, data, args.seeds, prune_cfg=cfg, teacher=teacher))
+        rows.append(run_row(name, ttm, data, args.seeds, prune_cfg=prune_cfg(budget), teacher=teacher))
         _save(args.output, rows, args)
     if args.ablation_budget:
         budget = args.ablation_budget
-        cfg = {"budget": budget, "target": args.target, "kinds": tuple(args.kinds), "importance": "magnitude"}
+        cfg = prune_cfg(budget, importance="magnitude")
         name = f"prune {budget:g}{of} + ft (magnitude)"
         rows.append(run_row(name, ttm, data, args.seeds, prune_cfg=cfg, teacher=teacher))
         name = f"prune {budget:g}{of} + ft (loss, no distillation)"
-        rows.append(
-            run_row(
-                name,
-                ttm,
-                data,
-                args.seeds,
-                prune_cfg={"budget": budget, "target": args.target, "kinds": tuple(args.kinds)},
-            )
-        )
+        rows.append(run_row(name, ttm, data, args.seeds, prune_cfg=prune_cfg(budget)))
         _save(args.output, rows, args)
     dlinear_ft = {"lr_candidates": (1e-3, 3e-3, 1e-2), "epochs": 10}
     rows.append(run_row("DLinear", lambda: DLinear(512, 96), data, args.seeds, ft_cfg=dlinear_ft))
