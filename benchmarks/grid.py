@@ -412,6 +412,8 @@ def load_results(config: GridConfig) -> dict:
             "runs": [],
         }
     results = json.loads(config.results.read_text())
+    if results.get("settings") != settings and _only_grown_heads_differ(results.get("settings"), settings):
+        _drop_grown_head_cells(results, settings)
     if results.get("settings") != settings:
         raise SystemExit(
             f"{config.results} was made with other settings than this run's (model, revision, test limit, "
@@ -419,6 +421,48 @@ def load_results(config: GridConfig) -> dict:
             f"file: {json.dumps(results.get('settings'))}\nthis run: {json.dumps(settings)}"
         )
     return results
+
+
+GROWN_HEAD_SETTINGS = ("head_fit_windows",)
+"""Fine-tuning settings that act only where a head grows (past the checkpoint's native horizon)."""
+
+
+def _only_grown_heads_differ(old: dict | None, new: dict) -> bool:
+    """Whether ``old`` settings differ from ``new`` only in :data:`GROWN_HEAD_SETTINGS` (a setting
+    missing from ``old`` had not been introduced: the file was made without it)."""
+    if old is None:
+        return False
+
+    def rest(settings: dict) -> dict:
+        finetune = {k: v for k, v in settings["finetune"].items() if k not in GROWN_HEAD_SETTINGS}
+        return {**settings, "finetune": finetune}
+
+    return rest(old) == rest(new)
+
+
+def _drop_grown_head_cells(results: dict, settings: dict) -> None:
+    """Adopt ``settings`` in ``results``, dropping only the cells they change: trained cells whose
+    fine-tuning grew a head, and transfers of those models (they rerun). Zero-shot cells and cells
+    within the native horizon are the same under either setting, so they stay; a note says so."""
+    grown = {key for key, cell in results["cells"].items() if cell.get("finetune", {}).get("grown_head")}
+    transfers = {
+        key
+        for key, cell in results["transfer"].items()
+        if f"{cell['dataset']}|{cell['horizon']}|pruned_finetune|{cell['seed']}" in grown
+    }
+    changed = {
+        k: (results["settings"]["finetune"].get(k), settings["finetune"].get(k)) for k in GROWN_HEAD_SETTINGS
+    }
+    for key in grown:
+        del results["cells"][key]
+    for key in transfers:
+        del results["transfer"][key]
+    results["notes"].append(
+        f"{_utc()}: fine-tuning settings {changed} (old, new) act only on grown heads; the "
+        f"{len(grown)} cells whose fine-tuning grew a head and {len(transfers)} transfers of such "
+        "models were dropped to rerun, the other cells kept."
+    )
+    results["settings"] = settings
 
 
 def save_results(results: dict, path: Path) -> None:

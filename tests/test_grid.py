@@ -226,3 +226,22 @@ def test_budget_variant_prunes_less_and_records_its_budget(config):
     assert (default["prune"]["budget"], wider["prune"]["budget"]) == (0.18, 0.35)
     assert wider["prune"]["macs_after"] > default["prune"]["macs_after"]
     assert wider["finetune"]["distill"] == default["finetune"]["distill"]
+
+
+def test_a_grown_head_setting_drops_only_the_cells_that_grew_a_head(config):
+    """A file made before a setting that acts only on grown heads keeps its other cells: only the
+    cell that grew a head (past the native horizon) and the transfer of its model rerun."""
+    both = replace(config, horizons=(H, 2 * H), variants=("zero_shot", "pruned_finetune"))
+    grid.Grid(both, log=lambda m: None).run()
+    before = json.loads(config.results.read_text())
+    grown = f"a|{2 * H}|pruned_finetune|0"
+    assert before["cells"][grown]["finetune"]["grown_head"]
+    changed = replace(both, finetune=replace(both.finetune, head_fit_windows=0))
+    assert grid.Grid(changed, log=lambda m: None).run() == [grown, f"a->b|{2 * H}|0"]
+    after = json.loads(config.results.read_text())
+    kept = set(before["cells"]) - {grown}
+    assert {k: after["cells"][k] for k in kept} == {k: before["cells"][k] for k in kept}
+    assert after["transfer"][f"a->b|{H}|0"] == before["transfer"][f"a->b|{H}|0"]
+    assert after["settings"]["finetune"]["head_fit_windows"] == 0 and "grew a head" in after["notes"][-1]
+    with pytest.raises(SystemExit, match="other settings"):
+        grid.Grid(replace(changed, finetune=replace(changed.finetune, head_fit_windows=8, epochs=2)))

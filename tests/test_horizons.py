@@ -2,6 +2,7 @@
 
 import copy
 import json
+from dataclasses import replace
 
 import numpy as np
 import pytest
@@ -76,6 +77,30 @@ def test_grown_head_starts_from_the_pretrained_rows_and_saves(tmp_path):
     assert loaded.head_info()["passes"] == 1
     with torch.inference_mode():
         torch.testing.assert_close(loaded(x), out, rtol=0, atol=0)
+
+
+def test_grown_head_fitted_to_contexts_forecasts_the_rollout():
+    rolled, grown, flat = _ttm(LONG), _ttm(LONG), _ttm(LONG)
+    torch.manual_seed(1)
+    fit_on, held_out = torch.randn(256, L).cumsum(-1), torch.randn(64, L).cumsum(-1)
+    assert grown.grow_head(fit_on) and flat.grow_head()
+    with torch.inference_mode():
+        want = rolled(held_out)
+        fitted, continued = grown(held_out), flat(held_out)
+    torch.testing.assert_close(fitted[:, :NATIVE], want[:, :NATIVE])  # the pretrained steps as they were
+    fitted_err = torch.square(fitted - want)[:, NATIVE:].mean()
+    flat_err = torch.square(continued - want)[:, NATIVE:].mean()
+    assert fitted_err < 0.25 * flat_err, (fitted_err, flat_err)
+
+
+def test_finetune_fits_a_grown_head_unless_told_not_to(long_data):
+    cfg = FinetuneConfig(lr=1e-3, epochs=1, windows_per_epoch=32, val_windows=64, head_fit_windows=128)
+    fitted = finetune(_ttm(LONG), long_data.train, long_data.val, cfg)
+    flat = finetune(_ttm(LONG), long_data.train, long_data.val, replace(cfg, head_fit_windows=0))
+    assert fitted.grown_head and flat.grown_head
+    assert fitted.val_loss_before < flat.val_loss_before
+    with pytest.raises(ValueError, match="head_fit_windows"):
+        FinetuneConfig(head_fit_windows=-1).check()
 
 
 def test_grow_head_is_a_no_op_within_the_native_horizon():

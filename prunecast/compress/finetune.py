@@ -18,7 +18,8 @@ at the same epoch. Dropout draws its own masks on each rank.
 A horizon longer than one pass of the model's forecast head (a TTM r2 checkpoint forecasts 96
 steps) is rolled out zero-shot; fine-tuning first gives such a model a head of the whole horizon
 (:meth:`~prunecast.models.base.ForecastModule.grow_head`, ``head="grow"``) and trains it with the
-rest, so the loss covers every step in one pass.
+rest, so the loss covers every step in one pass. The new steps start from a least-squares fit to
+the roll-out's forecasts on training windows, so fine-tuning starts where zero-shot stands.
 """
 
 from __future__ import annotations
@@ -28,6 +29,7 @@ import time
 from dataclasses import asdict, dataclass, field
 from typing import Literal
 
+import numpy as np
 import torch
 
 from prunecast.common.defaults import DEFAULT_DISTILL
@@ -68,6 +70,11 @@ class FinetuneConfig:
     head: Literal["grow", "rollout"] = "grow"
     """Past the head's native length: ``grow`` a head of the whole horizon and train it (where the
     family can), ``rollout`` train the rolled-out native head as it is."""
+    head_fit_windows: int = 4096
+    """Training windows (a random draw) whose roll-out a grown head's new steps are fitted to
+    before training, so that fine-tuning starts from the zero-shot roll-out's forecasts; 0 starts
+    them as a flat continuation of the last native step instead (far worse on TTM r2: ETTh1-336
+    validation MSE 1.615 against 1.084 fitted)."""
     seed: int = 0
     show_progress: bool | None = None
 
@@ -78,6 +85,8 @@ class FinetuneConfig:
             raise ValueError(f"lr must be positive, got {self.lr}")
         if self.lr is None and not self.lr_candidates:
             raise ValueError("give lr or at least one lr candidate")
+        if self.head_fit_windows < 0:
+            raise ValueError(f"head_fit_windows must be 0 or more, got {self.head_fit_windows}")
         if self.epochs < 1 or self.batch_size < 1 or self.patience < 1:
             raise ValueError("epochs, batch_size and patience must be positive")
         distributed.check_divides(self.batch_size, "batch_size")
@@ -148,7 +157,10 @@ def finetune(
         teacher.eval()
     target = _Targets(teacher, config.distill)
     start = time.perf_counter()
-    grown = config.head == "grow" and module.grow_head()
+    grown = config.head == "grow" and module.grow_head(_head_fit_contexts(module, train, config))
+    if grown:
+        for tensor in module.state_dict().values():  # a solve may round differently on each rank
+            distributed.broadcast_tensor(tensor)
     val_idx = sample_indices(val, config.val_windows, config.seed)
     loss0 = val_loss(module, val, val_idx)
     trials: dict[str, float] = {}
@@ -204,6 +216,15 @@ def finetune(
         head=module.head_info(),
         grown_head=grown,
     )
+
+
+def _head_fit_contexts(module: ForecastModule, train: Windows, config: FinetuneConfig) -> torch.Tensor | None:
+    """The training contexts a grown head is fitted on; None where no head grows or none is asked
+    for (every ``torchrun`` rank draws the same ones from the seed)."""
+    if module.horizon <= module.native_horizon or not config.head_fit_windows:
+        return None
+    contexts, _ = tensors(train, np.sort(sample_indices(train, config.head_fit_windows, config.seed)))
+    return contexts
 
 
 def _train_epoch(

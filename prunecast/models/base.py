@@ -149,9 +149,11 @@ class ForecastModule(nn.Module, ABC):
             "horizon": self.horizon,
         }
 
-    def grow_head(self) -> bool:
+    def grow_head(self, contexts: torch.Tensor | None = None) -> bool:
         """Give the module a forecast head of its whole ``horizon`` (to be trained) where one pass
-        does not reach it; returns whether it did. Families whose head cannot grow keep rolling out."""
+        does not reach it; returns whether it did. ``contexts`` (``[N, L]`` training windows), where
+        given, are what the new steps are initialised on: one pass should forecast for them what
+        the roll-out does. Families whose head cannot grow keep rolling out."""
         return False
 
     @abstractmethod
