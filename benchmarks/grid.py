@@ -10,6 +10,8 @@ at the default budget and settings):
   involves no randomness, so it has one cell per dataset x horizon, seed 0.
 - ``full_finetune``: every weight fine-tuned on the truth.
 - ``pruned_finetune``: pruned to the default latency budget, fine-tuned distilling from the original.
+  Past the native horizon both trained variants grow a head of the whole horizon, fitted to the
+  roll-out first (the pruned one before it is pruned).
 
 Variants tried against a losing cell (opt-in with ``--variants``; their own table in ``grid.md``,
 beside the default pruned cell, never in the grid's columns or averages):
@@ -276,12 +278,15 @@ class Grid:
         for task in plan(config):
             if task.key in self.results[task.section]:
                 continue
-            if (
-                task.target is not None
-                and not model_dir(config, task.dataset, task.horizon, task.seed).is_dir()
+            source = Task(task.dataset, task.horizon, "pruned_finetune", task.seed).key
+            if task.target is not None and (
+                source not in self.results["cells"]
+                or not model_dir(config, task.dataset, task.horizon, task.seed).is_dir()
             ):
+                # a model left in the cache by a cell no longer in the file is not that cell's
                 self.log(
-                    f"skip {task.key}: the source's pruned model is not in {config.work_dir} (rerun its cell)"
+                    f"skip {task.key}: its source cell {source} is not in the results or its pruned "
+                    f"model not in {config.work_dir} (rerun that cell)"
                 )
                 continue
             estimate = self.estimate(task)

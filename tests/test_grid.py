@@ -237,6 +237,9 @@ def test_a_grown_head_setting_drops_only_the_cells_that_grew_a_head(config):
     grown = f"a|{2 * H}|pruned_finetune|0"
     assert before["cells"][grown]["finetune"]["grown_head"]
     changed = replace(both, finetune=replace(both.finetune, head_fit_windows=0))
+    # the dropped cell's model is still in the cache, but it is not that cell's any more: no transfer
+    assert grid.model_dir(config, "a", 2 * H, 0).is_dir()
+    assert grid.Grid(replace(changed, variants=("zero_shot",)), log=lambda m: None).run() == []
     assert grid.Grid(changed, log=lambda m: None).run() == [grown, f"a->b|{2 * H}|0"]
     after = json.loads(config.results.read_text())
     kept = set(before["cells"]) - {grown}

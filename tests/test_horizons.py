@@ -207,3 +207,19 @@ def test_evaluate_cli_takes_a_revision_and_a_long_horizon(fake_hub, tmp_path, ca
     result = json.loads(capsys.readouterr().out)
     assert result["horizon"] == 288 and result["head"] == {"native_horizon": 96, "passes": 3, "horizon": 288}
     assert result["revision"] is None
+
+
+def test_prune_then_finetune_prunes_the_grown_one_pass_model(long_data):
+    """Past the native horizon the pruned variant grows its head first: pruning's budget and
+    scores are those of the one-pass model that is served, not of the roll-out."""
+    from prunecast.pipeline.job import prune_finetune
+
+    original = _ttm(LONG)
+    one_pass = copy.deepcopy(original)
+    one_pass.grow_head()
+    cfg = PruneConfig(budget=0.6, macro_batch=32, micro_batch=16, val_windows=64, max_steps=2)
+    ft = FinetuneConfig(lr=1e-3, epochs=1, windows_per_epoch=32, val_windows=64, head_fit_windows=128)
+    pruned, pr, report = prune_finetune(original, long_data, cfg, ft)
+    assert pr.macs_before == count_macs(one_pass) < count_macs(original)
+    assert report.grown_head and pruned.head_info()["passes"] == 1
+    assert original.head_info()["passes"] == 3  # the teacher keeps rolling out

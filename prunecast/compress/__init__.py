@@ -16,7 +16,7 @@ Torch-Pruning groups, scores and removal here are generic.
 """
 
 from prunecast.compress.cost import count_macs, count_params
-from prunecast.compress.finetune import FinetuneConfig, FinetuneReport, finetune
+from prunecast.compress.finetune import FinetuneConfig, FinetuneReport, finetune, grow_head
 from prunecast.compress.prune import LayerWidth, PruneConfig, PruneReport, PruneStep, prune
 from prunecast.compress.serialize import is_saved_model, load_model, load_saved, save_model
 
@@ -30,6 +30,7 @@ __all__ = [
     "count_macs",
     "count_params",
     "finetune",
+    "grow_head",
     "is_saved_model",
     "load_model",
     "load_saved",

@@ -157,10 +157,7 @@ def finetune(
         teacher.eval()
     target = _Targets(teacher, config.distill)
     start = time.perf_counter()
-    grown = config.head == "grow" and module.grow_head(_head_fit_contexts(module, train, config))
-    if grown:
-        for tensor in module.state_dict().values():  # a solve may round differently on each rank
-            distributed.broadcast_tensor(tensor)
+    grown = grow_head(module, train, config)
     val_idx = sample_indices(val, config.val_windows, config.seed)
     loss0 = val_loss(module, val, val_idx)
     trials: dict[str, float] = {}
@@ -218,13 +215,23 @@ def finetune(
     )
 
 
-def _head_fit_contexts(module: ForecastModule, train: Windows, config: FinetuneConfig) -> torch.Tensor | None:
-    """The training contexts a grown head is fitted on; None where no head grows or none is asked
-    for (every ``torchrun`` rank draws the same ones from the seed)."""
-    if module.horizon <= module.native_horizon or not config.head_fit_windows:
-        return None
-    contexts, _ = tensors(train, np.sort(sample_indices(train, config.head_fit_windows, config.seed)))
-    return contexts
+def grow_head(module: ForecastModule, train: Windows, config: FinetuneConfig) -> bool:
+    """Give ``module`` a head of its whole horizon where one pass does not reach it and
+    ``config.head`` is ``"grow"``, its new steps fitted to the roll-out on ``config.head_fit_windows``
+    training windows; returns whether it did. :func:`finetune` calls it first; prune-then-finetune
+    calls it before pruning, so that pruning scores the one-pass model that will be served. Under
+    ``torchrun`` every rank ends with rank 0's head (a solve may round differently on each)."""
+    if config.head != "grow" or module.horizon <= module.native_horizon:
+        return False
+    contexts = None
+    if config.head_fit_windows:
+        indices = np.sort(sample_indices(train, config.head_fit_windows, config.seed))
+        contexts, _ = tensors(train, indices)
+    if not module.grow_head(contexts):
+        return False
+    for tensor in module.state_dict().values():
+        distributed.broadcast_tensor(tensor)
+    return True
 
 
 def _train_epoch(

