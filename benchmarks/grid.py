@@ -18,7 +18,8 @@ beside the default pruned cell, never in the grid's columns or averages):
 
 - ``pruned_rollout``: as ``pruned_finetune``, but past the checkpoint's native horizon the pruned
   model keeps its native head and is fine-tuned through the roll-out (``FinetuneConfig.head =
-  "rollout"``), like the zero-shot row, instead of growing a head of the whole horizon. At or
+  "rollout"``), like the zero-shot row, instead of growing a head of the whole horizon (so it is
+  also pruned as the roll-out, where the default cell prunes the grown one-pass model). At or
   below the native horizon it is the same as ``pruned_finetune``.
 - ``pruned_truth``: as ``pruned_finetune``, fine-tuned on the truth alone (``FinetuneConfig.distill
   = 0``): tests whether, where full fine-tuning beats zero-shot by far, distilling from the
