@@ -30,15 +30,18 @@ class TTMForecast(ForecastModule):
     family = "ttm"
 
     def forward(self, context: torch.Tensor) -> torch.Tensor:
+        return self._roll_out(context, self.model(past_values=context.unsqueeze(-1), return_dict=True))
+
+    def _roll_out(self, context: torch.Tensor, first) -> torch.Tensor:
+        """The forecast of ``horizon`` steps from ``first``, the model's output for ``context``: each
+        further pass reads the last ``L`` points of the context with the forecast so far appended."""
         native = self.native_horizon
-        passes = -(-self.horizon // native)
-        blocks = []
-        for i in range(passes):
+        blocks = [first.prediction_outputs[:, :native, 0]]
+        for _ in range(1, -(-self.horizon // native)):
+            context = torch.cat([context, blocks[-1]], dim=-1)[:, -self.context_length :]
             out = self.model(past_values=context.unsqueeze(-1), return_dict=True)
             blocks.append(out.prediction_outputs[:, :native, 0])
-            if i + 1 < passes:
-                context = torch.cat([context, blocks[-1]], dim=-1)[:, -self.context_length :]
-        forecast = blocks[0] if passes == 1 else torch.cat(blocks, dim=-1)
+        forecast = blocks[0] if len(blocks) == 1 else torch.cat(blocks, dim=-1)
         return forecast[:, : self.horizon]
 
     @property
@@ -107,8 +110,8 @@ class TTMForecast(ForecastModule):
                 x = contexts[start : start + batch_size]
                 captured.clear()
                 first = self.model(past_values=x.unsqueeze(-1), return_dict=True)
-                features.append(captured[0].double())
-                later = self(x)[:, native:].double()
+                features.append(captured[0].double())  # the first pass's; later passes append too
+                later = self._roll_out(x, first)[:, native:].double()
                 targets.append((later - first.loc[:, :, 0].double()) / first.scale[:, :, 0].double())
         finally:
             hook.remove()
