@@ -33,9 +33,8 @@ import numpy as np
 import torch
 
 from prunecast.common.defaults import DEFAULT_DISTILL
-from prunecast.common.progress import progress
 from prunecast.compress import distributed
-from prunecast.compress.training import sample_indices, tensors, val_loss
+from prunecast.compress.training import Targets, sample_indices, tensors, train_windows, val_loss
 from prunecast.data.windows import Windows
 from prunecast.models.base import ForecastModule
 
@@ -155,7 +154,7 @@ def finetune(
                 f"{module.context_length} -> {module.horizon}"
             )
         teacher.eval()
-    target = _Targets(teacher, config.distill)
+    target = Targets(teacher, config.distill)
     start = time.perf_counter()
     grown = grow_head(module, train, config)
     val_idx = sample_indices(val, config.val_windows, config.seed)
@@ -242,43 +241,11 @@ def _train_epoch(
     windows: int | None,
     seed: int,
     opt: torch.optim.Optimizer | None,
-    target: _Targets,
+    target: Targets,
 ) -> float:
     """One pass over a random draw of ``windows`` training windows; mean training loss."""
     if opt is None:
         opt = torch.optim.Adam(module.parameters(), lr=lr, weight_decay=config.weight_decay)
-    torch.manual_seed(distributed.rank_seed(seed))
-    module.train()
     idx = sample_indices(train, windows, seed)
-    total, count = 0.0, 0
-    n_batches = -(-len(idx) // config.batch_size)
-    batches = range(0, len(idx), config.batch_size)
-    for i in progress(batches, n_batches, "finetune", distributed.show_progress(config.show_progress)):
-        batch = idx[i : i + config.batch_size]
-        local = distributed.shard(batch)
-        opt.zero_grad(set_to_none=True)
-        if len(local):  # a last, short batch may leave a rank nothing to do
-            x, y = tensors(train, local)
-            loss = module.training_loss(x, target(x, y))
-            (loss * (len(local) / len(batch))).backward()  # this rank's share of the batch mean
-            total += float(loss.detach()) * len(x)
-            count += len(x)
-        distributed.all_reduce_gradients(module.parameters())
-        opt.step()
-    module.eval()
-    total, count = distributed.all_reduce_sum(total, count)
-    return total / max(count, 1)
-
-
-class _Targets:
-    """Training targets: the truth, or the truth blended with a teacher's forecast."""
-
-    def __init__(self, teacher: ForecastModule | None, weight: float):
-        self.teacher = teacher if weight > 0 else None  # no teacher, or weight 0: the truth alone
-        self.weight = weight
-
-    @torch.no_grad()
-    def __call__(self, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
-        if self.teacher is None:
-            return y
-        return torch.lerp(y, self.teacher(x), self.weight)
+    show = distributed.show_progress(config.show_progress)
+    return train_windows(module, train, idx, opt, config.batch_size, seed, target, "finetune", show)

@@ -9,6 +9,8 @@ step, just enough to meet the budget). By default a unit's rank is its loss chan
 parameter) it saves, so a wide, cheap-to-lose residual unit and a narrow MLP channel are compared
 on what they buy. Validation loss is tracked after every step; with a ``tolerance`` pruning stops
 once it degrades past ``(1 + tolerance) *`` the starting loss and the last state within it is kept.
+With ``recovery_windows``, the model trains briefly after every step (gradual pruning; on the
+truth, or blended with the unpruned model's forecast), so each step scores and removes units of a model that has recovered from the last.
 
 ``target="latency"`` budgets and ranks by seconds a :class:`~prunecast.compress.cost.LatencyModel`
 predicts on the serving backend (``prunecast.bench.latency_model.MeasuredLatency`` measures its
@@ -47,7 +49,7 @@ from prunecast.compress.groups import remove_units, slice_width, tp_group
 from prunecast.compress.importance import LossGuidedImportance
 from prunecast.compress.measured import Delta, check, predict, seconds_per_unit, unit_deltas
 from prunecast.compress.rounding import UnitLedger, WidthRounding, apply_rounding, plan_rounding
-from prunecast.compress.training import sample_indices, tensors, val_loss
+from prunecast.compress.training import Targets, sample_indices, tensors, train_windows, val_loss
 from prunecast.data.windows import Windows
 from prunecast.models.base import ForecastModule, PruneGroup
 
@@ -90,6 +92,16 @@ class PruneConfig:
     """Rank by ``|score| / cost`` (loss change per MAC or parameter saved) instead of ``|score|``."""
     val_windows: int | None = 4096
     """Validation windows (a fixed random subset) for the per-step loss; None for all."""
+    recovery_windows: int = 0
+    """Training windows (a fresh random draw each step) the model trains on after every step,
+    before the next one scores it; 0 prunes without training in between."""
+    recovery_lr: float = 1e-3
+    """Adam's learning rate for the recovery training (a fresh optimiser each step: the shapes changed)."""
+    recovery_batch: int = 64
+    """Windows per recovery optimiser step (over all processes under ``torchrun``)."""
+    recovery_distill: float = 0.0
+    """Weight of the unpruned model's forecast in the recovery targets (as ``FinetuneConfig.distill``;
+    0: the truth alone)."""
     tolerance: float | None = None
     """Stop once val loss exceeds ``(1 + tolerance) *`` the starting loss; None never stops early."""
     round_widths: bool = True
@@ -111,8 +123,21 @@ class PruneConfig:
             raise ValueError(f"step_fraction must be in (0, 1], got {self.step_fraction}")
         if not 0 <= self.ema_alpha < 1:
             raise ValueError(f"ema_alpha must be in [0, 1), got {self.ema_alpha}")
-        if self.macro_batch < 1 or self.micro_batch < 1 or self.per_sample_batch < 1:
+        if (
+            self.macro_batch < 1
+            or self.micro_batch < 1
+            or self.per_sample_batch < 1
+            or self.recovery_batch < 1
+        ):
             raise ValueError("batch sizes must be positive")
+        if self.recovery_windows < 0:
+            raise ValueError(f"recovery_windows must be 0 or more, got {self.recovery_windows}")
+        if not 0 <= self.recovery_distill <= 1:
+            raise ValueError(f"recovery_distill must be in [0, 1], got {self.recovery_distill}")
+        if self.recovery_windows and self.recovery_lr <= 0:
+            raise ValueError(f"recovery_lr must be positive, got {self.recovery_lr}")
+        if self.recovery_windows:
+            distributed.check_divides(self.recovery_batch, "recovery_batch")
         if self.importance != "magnitude":
             distributed.check_divides(self.macro_batch, "macro_batch")
         if self.importance == "loss2":
@@ -207,6 +232,10 @@ def prune(
     floor = {g.name: max(g.min_units, math.ceil(config.min_keep_fraction * g.units), 1) for g in groups}
     unpruned = copy.deepcopy(module) if config.target == "latency" and config.round_widths else None
     ledger = UnitLedger.start(groups)
+    recovery_target = None
+    if config.recovery_windows:
+        teacher = copy.deepcopy(module).eval() if config.recovery_distill > 0 else None
+        recovery_target = Targets(teacher, config.recovery_distill)
     val_idx = sample_indices(val, config.val_windows, config.seed)
     params0, macs0 = count_params(module), count_macs(module)
     loss0 = val_loss(module, val, val_idx)
@@ -256,6 +285,8 @@ def prune(
             ledger.skipped.append(b)
         if gone:
             deltas.clear()  # every group's per-unit shape change is re-read on the smaller model
+        if recovery_target is not None:
+            _recover(module, train, config, recovery_target, seed=10**6 + config.seed * 1000 + step)
         loss = val_loss(module, val, val_idx)
         steps.append(
             PruneStep(
@@ -382,6 +413,13 @@ def _round(
     }
     apply_rounding(module, unpruned, ledger, plan, order)
     return plan
+
+
+def _recover(module: ForecastModule, train: Windows, config: PruneConfig, target: Targets, seed: int) -> None:
+    """Train ``module`` on ``config.recovery_windows`` fresh training windows."""
+    opt = torch.optim.Adam(module.parameters(), lr=config.recovery_lr)
+    indices = sample_indices(train, config.recovery_windows, seed)
+    train_windows(module, train, indices, opt, config.recovery_batch, seed, target)
 
 
 def _measure(module: ForecastModule, target: str, latency: LatencyModel | None = None) -> float:
