@@ -209,6 +209,40 @@ def test_evaluate_cli_takes_a_revision_and_a_long_horizon(fake_hub, tmp_path, ca
     assert result["revision"] is None
 
 
+def test_prune_cli_grows_the_head_before_pruning(fake_hub, tmp_path, capsys):
+    """`prunecast prune` past the native horizon prunes the one-pass model, as `prunecast run` does,
+    and saves it with its grown head: `prunecast finetune` then trains that head."""
+    csv = str(write_csv(tmp_path / "d.csv", rows=3000, columns=1))
+    out = tmp_path / "pruned"
+    args = ["prune", "--model", REPO_ID, "--data", csv, "--horizon", "192", "--out", str(out)]
+    assert (
+        main(
+            [
+                *args,
+                "--target",
+                "macs",
+                "--budget",
+                "0.7",
+                "--max-steps",
+                "1",
+                "--macro-batch",
+                "64",
+                "--json",
+            ]
+        )
+        == 0
+    )
+    result = json.loads(capsys.readouterr().out)
+    assert result["grown_head"] and result["head"] == {"native_horizon": 192, "passes": 1, "horizon": 192}
+    one_pass = load_model(REPO_ID, horizon=192)
+    assert one_pass.head_info()["passes"] == 2
+    one_pass.grow_head()
+    assert result["macs_before"] == count_macs(one_pass)
+    saved = load_model(out)
+    assert saved.head_info()["passes"] == 1 and saved.horizon == 192
+    assert count_macs(saved) == result["macs_after"] < result["macs_before"]
+
+
 def test_prune_then_finetune_prunes_the_grown_one_pass_model(long_data):
     """Past the native horizon the pruned variant grows its head first: pruning's budget and
     scores are those of the one-pass model that is served, not of the roll-out."""

@@ -51,9 +51,12 @@ def latency_lines(latency: dict | None) -> list[str]:
 
 
 def _prune(args: argparse.Namespace) -> int:
-    from prunecast.compress import PruneConfig, distributed, prune, save_model
+    from prunecast.compress import FinetuneConfig, PruneConfig, distributed, grow_head, prune, save_model
 
     model, data = load_model_and_data(args)
+    # past the checkpoint's horizon, prune the one-pass model that fine-tuning trains and serves,
+    # as `prunecast run` does, not the roll-out it replaces
+    grown = grow_head(model, data.train, FinetuneConfig(seed=args.seed))
     config = PruneConfig(
         budget=budget_from_args(args),
         target=args.target,
@@ -76,6 +79,8 @@ def _prune(args: argparse.Namespace) -> int:
         return 0
     summary = report.to_dict()
     summary["world_size"] = distributed.world_size()
+    summary["grown_head"] = grown
+    summary["head"] = model.head_info()
     save_model(
         model,
         args.output,
@@ -87,6 +92,11 @@ def _prune(args: argparse.Namespace) -> int:
         args.json,
         [
             f"pruned {args.model} on {data.benchmark.name} in {len(report.steps)} steps ({report.seconds:.1f} s)",
+            *(
+                [f"head grown to {model.horizon} steps (fitted to the roll-out) before pruning"]
+                if grown
+                else []
+            ),
             f"MACs {report.macs_before:,} -> {report.macs_after:,} ({summary['macs_reduction']:.2f}x fewer), "
             f"params {report.params_before:,} -> {report.params_after:,}",
             f"val MSE {report.val_loss_before:.4f} -> {report.val_loss_after:.4f}"
