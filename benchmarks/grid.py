@@ -24,13 +24,23 @@ beside the default pruned cell, never in the grid's columns or averages):
 - ``pruned_truth``: as ``pruned_finetune``, fine-tuned on the truth alone (``FinetuneConfig.distill
   = 0``): tests whether, where full fine-tuning beats zero-shot by far, distilling from the
   original holds the pruned model back at the worse zero-shot forecast (on weather-96 it did not).
+- ``pruned_distill08``: as ``pruned_finetune``, the fine-tuning target 0.8 the original's forecast
+  (``distill = 0.8``): where fine-tuning cannot beat zero-shot (ETTh1 past 96), the pruned model's
+  best is to forecast as the original does.
 - ``pruned_long``: as ``pruned_finetune``, fine-tuned for 20 epochs instead of 10: the pruned model
   starts further from its best than the full one and costs less per epoch.
 - ``pruned_budget035``: as ``pruned_finetune``, pruned to a budget of 0.35 instead of 0.18: whether a
   losing cell lacks capacity rather than training.
 - ``pruned_budget035_long``: both changes, budget 0.35 and 20 epochs.
+- ``pruned_budget035_long_recovery``: ``pruned_budget035_long`` with ``pruned_recovery``'s training
+  between pruning steps.
 - ``pruned_lr_high``: as ``pruned_finetune``, the learning rate chosen on validation among 1e-3, 3e-3
   and 1e-2: every default pruned cell chose the highest of 1e-4, 3e-4 and 1e-3.
+- ``pruned_recovery``: as ``pruned_finetune``, with 2048 training windows of recovery training after
+  every pruning step (``PruneConfig.recovery_windows``): pruning to 0.18 in one go of scoring steps
+  costs a large loss (ETTm1-96 validation 0.39 -> 0.83) that fine-tuning must win back.
+- ``pruned_recovery_distill``: as ``pruned_recovery``, the recovery targets half the unpruned model's
+  forecast (``PruneConfig.recovery_distill = 0.5``), as fine-tuning distils.
 
 Zero-shot transfer: the pruned model a ``pruned_finetune`` cell trained (cached in ``--work-dir``)
 is evaluated, without further training, on another dataset's test split at the same horizon,
@@ -115,6 +125,12 @@ TRIED = {
         "the original's zero-shot forecast)",
         finetune={"distill": 0.0},
     ),
+    "pruned_distill08": Tried(
+        "prune + fine-tune, distill 0.8",
+        "pruned as prune + fine-tune, then fine-tuned with the training target 0.8 the original's "
+        "forecast and 0.2 the truth (the default: half and half)",
+        finetune={"distill": 0.8},
+    ),
     "pruned_long": Tried(
         "prune + fine-tune, 20 epochs",
         "pruned as prune + fine-tune, then fine-tuned for twice the epochs (20; its cosine schedule over "
@@ -133,11 +149,30 @@ TRIED = {
         prune={"budget": 0.35},
         finetune={"epochs": 20},
     ),
+    "pruned_budget035_long_recovery": Tried(
+        "prune 0.35 with recovery + fine-tune, 20 epochs",
+        "pruned_budget035_long with pruned_recovery's training between pruning steps",
+        prune={"budget": 0.35, "recovery_windows": 2048},
+        finetune={"epochs": 20},
+    ),
     "pruned_lr_high": Tried(
         "prune + fine-tune, learning rate up to 1e-2",
         "pruned as prune + fine-tune, then fine-tuned choosing its learning rate among 1e-3, 3e-3 and "
         "1e-2 (the default's highest, 1e-3, is what every pruned cell chose)",
         finetune={"lr_candidates": (1e-3, 3e-3, 1e-2)},
+    ),
+    "pruned_recovery": Tried(
+        "prune with recovery + fine-tune",
+        "pruned as prune + fine-tune, but trained on 2048 training windows (lr 1e-3) after every pruning "
+        "step, so each step scores a model recovered from the last (gradual pruning); then fine-tuned "
+        "as prune + fine-tune",
+        prune={"recovery_windows": 2048},
+    ),
+    "pruned_recovery_distill": Tried(
+        "prune with distilled recovery + fine-tune",
+        "as pruned_recovery, the recovery targets blended half and half with the unpruned model's "
+        "forecast (recovery_distill 0.5, as fine-tuning's distill)",
+        prune={"recovery_windows": 2048, "recovery_distill": 0.5},
     ),
     "pruned_blocks": Tried(
         "prune (blocks too) + fine-tune",
@@ -418,6 +453,7 @@ def load_results(config: GridConfig) -> dict:
             "runs": [],
         }
     results = json.loads(config.results.read_text())
+    _fill_added_settings(results.get("settings"))
     if results.get("settings") != settings and _only_grown_heads_differ(results.get("settings"), settings):
         _drop_grown_head_cells(results, settings)
     if results.get("settings") != settings:
@@ -427,6 +463,20 @@ def load_results(config: GridConfig) -> dict:
             f"file: {json.dumps(results.get('settings'))}\nthis run: {json.dumps(settings)}"
         )
     return results
+
+
+ADDED_SETTINGS = {
+    "prune": {"recovery_windows": 0, "recovery_lr": 1e-3, "recovery_batch": 64, "recovery_distill": 0.0}
+}
+"""Settings introduced after a results file was made, each with the value that does what the code
+did before it: a file made without them reads as if it had these values."""
+
+
+def _fill_added_settings(settings: dict | None) -> None:
+    for section, added in ADDED_SETTINGS.items():
+        if settings is not None and section in settings:
+            for key, value in added.items():
+                settings[section].setdefault(key, value)
 
 
 GROWN_HEAD_SETTINGS = ("head_fit_windows",)

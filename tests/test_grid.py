@@ -247,3 +247,18 @@ def test_a_grown_head_setting_drops_only_the_cells_that_grew_a_head(config):
     assert after["settings"]["finetune"]["head_fit_windows"] == 0 and "grew a head" in after["notes"][-1]
     with pytest.raises(SystemExit, match="other settings"):
         grid.Grid(replace(changed, finetune=replace(changed.finetune, head_fit_windows=8, epochs=2)))
+
+
+def test_a_file_made_before_a_setting_resumes_when_it_is_at_the_old_behaviour(config):
+    """A results file without a setting added since (recovery training while pruning) resumes as
+    long as the run keeps that setting where the old code was (none); set otherwise, it is refused."""
+    grid.Grid(replace(config, variants=("zero_shot",)), log=lambda m: None).run()
+    old = json.loads(config.results.read_text())
+    for key in grid.ADDED_SETTINGS["prune"]:
+        del old["settings"]["prune"][key]
+    config.results.write_text(json.dumps(old))
+    ran = grid.Grid(config, log=lambda m: None).run()
+    assert ran == ["a|16|full_finetune|0", "a|16|pruned_finetune|0", "a->b|16|0"]  # zero-shot kept
+    assert json.loads(config.results.read_text())["settings"]["prune"]["recovery_windows"] == 0
+    with pytest.raises(SystemExit, match="other settings"):
+        grid.Grid(replace(config, prune=replace(config.prune, recovery_windows=64)))
