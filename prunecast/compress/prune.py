@@ -10,7 +10,8 @@ parameter) it saves, so a wide, cheap-to-lose residual unit and a narrow MLP cha
 on what they buy. Validation loss is tracked after every step; with a ``tolerance`` pruning stops
 once it degrades past ``(1 + tolerance) *`` the starting loss and the last state within it is kept.
 With ``recovery_windows``, the model trains briefly after every step (gradual pruning; on the
-truth, or blended with the unpruned model's forecast), so each step scores and removes units of a model that has recovered from the last.
+truth, or blended with the unpruned model's forecast), so each step scores and removes units of a
+model that has recovered from the last.
 
 ``target="latency"`` budgets and ranks by seconds a :class:`~prunecast.compress.cost.LatencyModel`
 predicts on the serving backend (``prunecast.bench.latency_model.MeasuredLatency`` measures its
