@@ -39,6 +39,9 @@ beside the default pruned cell, never in the grid's columns or averages):
 - ``pruned_recovery``: as ``pruned_finetune``, with 2048 training windows of recovery training after
   every pruning step (``PruneConfig.recovery_windows``): pruning to 0.18 in one go of scoring steps
   costs a large loss (ETTm1-96 validation 0.39 -> 0.83) that fine-tuning must win back.
+- ``pruned_run_default``: pruned as ``prunecast run`` prunes by default (``MEASURED_BUDGET`` of the
+  latency measured on onnxruntime, blocks allowed) where the grid keeps the estimate's 0.18 on
+  widths: ``prunecast run --horizon 192`` on ETTm1 beat full fine-tuning where the grid's cell did not.
 - ``pruned_recovery_distill``: as ``pruned_recovery``, the recovery targets half the unpruned model's
   forecast (``PruneConfig.recovery_distill = 0.5``), as fine-tuning distils.
 
@@ -80,7 +83,7 @@ from pathlib import Path
 
 import torch
 
-from prunecast.common.defaults import DEFAULT_MODEL, UNIT_KINDS, WIDTH_KINDS
+from prunecast.common.defaults import DEFAULT_MODEL, MEASURED_BUDGET, UNIT_KINDS, WIDTH_KINDS
 from prunecast.compress import FinetuneConfig, PruneConfig, load_model, save_model
 from prunecast.data import TimeAxisPolicy, prepare_windows
 from prunecast.data.windows import PreparedData
@@ -173,6 +176,13 @@ TRIED = {
         "as pruned_recovery, the recovery targets blended half and half with the unpruned model's "
         "forecast (recovery_distill 0.5, as fine-tuning's distill)",
         prune={"recovery_windows": 2048, "recovery_distill": 0.5},
+    ),
+    "pruned_run_default": Tried(
+        "prune (prunecast run's default) + fine-tune",
+        "pruned as prunecast run does by default: to 0.2 of the latency measured on onnxruntime at "
+        "batch 256 (2 threads), whole mixer blocks allowed, widths rounded; then fine-tuned as prune + "
+        "fine-tune",
+        prune={"target": "latency", "budget": MEASURED_BUDGET, "kinds": UNIT_KINDS},
     ),
     "pruned_blocks": Tried(
         "prune (blocks too) + fine-tune",
