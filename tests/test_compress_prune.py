@@ -269,8 +269,8 @@ def test_prune_tolerance_keeps_the_last_state_within_it(small_ttm, small_data):
 
 
 def test_recovery_training_between_steps_lowers_the_loss_at_the_same_budget(small_ttm, small_data):
-    """The random-weight model learns from recovery training: every step then ends below the same
-    step without it, and the budget is met all the same."""
+    """The random-weight model learns from recovery training: its first step and its end are below
+    the same run without it, and the budget is met all the same."""
     cfg = PruneConfig(
         budget=0.5, target="macs", step_fraction=0.25, macro_batch=64, micro_batch=32, val_windows=256
     )
@@ -302,6 +302,8 @@ def test_bad_prune_config_is_a_clear_error(small_ttm, small_data):
         prune(small_ttm, small_data.train, small_data.val, PruneConfig(importance="taylor"))
     with pytest.raises(ValueError, match="recovery_windows must be 0 or more"):
         prune(small_ttm, small_data.train, small_data.val, PruneConfig(recovery_windows=-1))
+    with pytest.raises(ValueError, match="would discard the recovery training"):
+        PruneConfig(target="latency", recovery_windows=64).check()
 
 
 def test_finetune_improves_validation_and_restores_the_best(small_ttm, small_data):

@@ -139,6 +139,12 @@ class PruneConfig:
             raise ValueError(f"recovery_lr must be positive, got {self.recovery_lr}")
         if self.recovery_windows:
             distributed.check_divides(self.recovery_batch, "recovery_batch")
+        if self.recovery_windows and self.target == "latency" and self.round_widths:
+            raise ValueError(
+                "recovery_windows with target 'latency' and round_widths: rounding rebuilds the model "
+                "from the unpruned weights, which would discard the recovery training; set "
+                "round_widths=False or recovery_windows=0"
+            )
         if self.importance != "magnitude":
             distributed.check_divides(self.macro_batch, "macro_batch")
         if self.importance == "loss2":
