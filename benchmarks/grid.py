@@ -39,11 +39,11 @@ beside the default pruned cell, never in the grid's columns or averages):
 - ``pruned_recovery``: as ``pruned_finetune``, with 2048 training windows of recovery training after
   every pruning step (``PruneConfig.recovery_windows``): pruning to 0.18 in one go of scoring steps
   costs a large loss (ETTm1-96 validation 0.39 -> 0.83) that fine-tuning must win back.
+- ``pruned_recovery_distill``: as ``pruned_recovery``, the recovery targets half the unpruned model's
+  forecast (``PruneConfig.recovery_distill = 0.5``), as fine-tuning distils.
 - ``pruned_run_default``: pruned as ``prunecast run`` prunes by default (``MEASURED_BUDGET`` of the
   latency measured on onnxruntime, blocks allowed) where the grid keeps the estimate's 0.18 on
   widths: ``prunecast run --horizon 192`` on ETTm1 beat full fine-tuning where the grid's cell did not.
-- ``pruned_recovery_distill``: as ``pruned_recovery``, the recovery targets half the unpruned model's
-  forecast (``PruneConfig.recovery_distill = 0.5``), as fine-tuning distils.
 
 Zero-shot transfer: the pruned model a ``pruned_finetune`` cell trained (cached in ``--work-dir``)
 is evaluated, without further training, on another dataset's test split at the same horizon,

@@ -214,24 +214,9 @@ def test_prune_cli_grows_the_head_before_pruning(fake_hub, tmp_path, capsys):
     and saves it with its grown head: `prunecast finetune` then trains that head."""
     csv = str(write_csv(tmp_path / "d.csv", rows=3000, columns=1))
     out = tmp_path / "pruned"
-    args = ["prune", "--model", REPO_ID, "--data", csv, "--horizon", "192", "--out", str(out)]
-    assert (
-        main(
-            [
-                *args,
-                "--target",
-                "macs",
-                "--budget",
-                "0.7",
-                "--max-steps",
-                "1",
-                "--macro-batch",
-                "64",
-                "--json",
-            ]
-        )
-        == 0
-    )
+    args = ["prune", "--model", REPO_ID, "--data", csv, "--horizon", "192", "--out", str(out), "--json"]
+    budget = ["--target", "macs", "--budget", "0.7", "--max-steps", "1", "--macro-batch", "64"]
+    assert main(args + budget) == 0
     result = json.loads(capsys.readouterr().out)
     assert result["grown_head"] and result["head"] == {"native_horizon": 192, "passes": 1, "horizon": 192}
     one_pass = load_model(REPO_ID, horizon=192)
