@@ -31,6 +31,8 @@ beside the default pruned cell, never in the grid's columns or averages):
   starts further from its best than the full one and costs less per epoch.
 - ``pruned_budget035``: as ``pruned_finetune``, pruned to a budget of 0.35 instead of 0.18: whether a
   losing cell lacks capacity rather than training.
+- ``pruned_budget050``, ``pruned_budget070``: budgets 0.5 and 0.7, with 0.18 and 0.35 the sweep of
+  how much pruning a cell takes before it loses to full fine-tuning (``grid_budgets.png``).
 - ``pruned_budget035_long``: both changes, budget 0.35 and 20 epochs.
 - ``pruned_budget035_long_recovery``: ``pruned_budget035_long`` with ``pruned_recovery``'s training
   between pruning steps.
@@ -41,6 +43,13 @@ beside the default pruned cell, never in the grid's columns or averages):
   costs a large loss (ETTm1-96 validation 0.39 -> 0.83) that fine-tuning must win back.
 - ``pruned_recovery_distill``: as ``pruned_recovery``, the recovery targets half the unpruned model's
   forecast (``PruneConfig.recovery_distill = 0.5``), as fine-tuning distils.
+- ``pruned_ft_teacher``: as ``pruned_finetune``, but fine-tuning distils from the same cell's fully
+  fine-tuned model instead of the checkpoint: where full fine-tuning beats zero-shot by far
+  (ETTm1, weather), half of the default target is the worse zero-shot forecast.
+- ``pruned_from_ft``: fine-tune, prune, fine-tune: the cell's fully fine-tuned model is pruned (its
+  scores read on a model already specialised to the dataset) and fine-tuned again, distilling from
+  itself. Both variants train the full model once per dataset x horizon x seed and cache it in
+  ``--work-dir``.
 - ``pruned_run_default``: pruned as ``prunecast run`` prunes by default (``MEASURED_BUDGET`` of the
   latency measured on onnxruntime, blocks allowed) where the grid keeps the estimate's 0.18 on
   widths: ``prunecast run --horizon 192`` on ETTm1 beat full fine-tuning where the grid's cell did not.
@@ -80,6 +89,7 @@ from collections.abc import Callable
 from dataclasses import asdict, dataclass, field, replace
 from datetime import datetime, timezone
 from pathlib import Path
+from typing import Literal
 
 import torch
 
@@ -113,6 +123,15 @@ class Tried:
     does: str
     prune: dict = field(default_factory=dict)
     finetune: dict = field(default_factory=dict)
+    start: Literal["original", "full_finetune"] = "original"
+    """The model pruned: the checkpoint, or the cell's fully fine-tuned model (specialise first)."""
+    teacher: Literal["original", "full_finetune"] = "original"
+    """The model fine-tuning distils from: the checkpoint (the default cell's), or the cell's fully
+    fine-tuned model, which forecasts the target dataset better than the checkpoint does."""
+
+    @property
+    def needs_full_finetune(self) -> bool:
+        return "full_finetune" in (self.start, self.teacher)
 
 
 TRIED = {
@@ -145,6 +164,16 @@ TRIED = {
         "pruned to 0.35 of the estimated latency instead of 0.18 (about half as much removed), then "
         "fine-tuned as prune + fine-tune",
         prune={"budget": 0.35},
+    ),
+    "pruned_budget050": Tried(
+        "prune 0.5 + fine-tune",
+        "pruned to 0.5 of the estimated latency instead of 0.18, then fine-tuned as prune + fine-tune",
+        prune={"budget": 0.5},
+    ),
+    "pruned_budget070": Tried(
+        "prune 0.7 + fine-tune",
+        "pruned to 0.7 of the estimated latency instead of 0.18, then fine-tuned as prune + fine-tune",
+        prune={"budget": 0.7},
     ),
     "pruned_budget035_long": Tried(
         "prune 0.35 + fine-tune, 20 epochs",
@@ -183,6 +212,20 @@ TRIED = {
         "batch 256 (2 threads), whole mixer blocks allowed, widths rounded; then fine-tuned as prune + "
         "fine-tune",
         prune={"target": "latency", "budget": MEASURED_BUDGET, "kinds": UNIT_KINDS},
+    ),
+    "pruned_ft_teacher": Tried(
+        "prune + fine-tune distilling from full fine-tuning",
+        "pruned as prune + fine-tune, then fine-tuned with the training target half the truth and half "
+        "the forecast of the same cell's fully fine-tuned model (instead of the original's zero-shot "
+        "forecast): where full fine-tuning beats zero-shot, the default pulls towards the worse forecast",
+        teacher="full_finetune",
+    ),
+    "pruned_from_ft": Tried(
+        "fine-tune, prune, fine-tune",
+        "the same cell's fully fine-tuned model pruned as prune + fine-tune (scores read on a model "
+        "already specialised to the dataset), then fine-tuned again distilling from it",
+        start="full_finetune",
+        teacher="full_finetune",
     ),
     "pruned_blocks": Tried(
         "prune (blocks too) + fine-tune",
@@ -397,8 +440,16 @@ class Grid:
             elif task.variant == "pruned_finetune" or task.variant in TRIED:
                 tried = TRIED.get(task.variant, Tried("", ""))
                 prune_cfg = replace(config.prune, seed=task.seed, **tried.prune)
+                models = {"original": original}
+                if tried.needs_full_finetune:
+                    models["full_finetune"] = self.full_model(task, original, data, ft_cfg)
+                    extra["full_finetune_mse"] = accuracy(
+                        models["full_finetune"], data.test, config.test_limit
+                    )["mse"]
                 ft_cfg = replace(ft_cfg, **tried.finetune)
-                module, pr, ft = prune_finetune(original, data, prune_cfg, ft_cfg)
+                module, pr, ft = prune_finetune(
+                    models[tried.start], data, prune_cfg, ft_cfg, teacher=models[tried.teacher]
+                )
                 extra["prune"] = _prune_summary(pr.to_dict())
                 extra["finetune"] = _finetune_summary(ft.to_dict())
             if task.variant == "pruned_finetune":
@@ -425,6 +476,18 @@ class Grid:
             "loadavg_before": loadavg,
             **extra,
         }
+
+    def full_model(self, task: Task, original, data: PreparedData, ft_cfg: FinetuneConfig):
+        """The cell's fully fine-tuned model (as its ``full_finetune`` cell trains it), cached in
+        ``work_dir`` so the tried variants that start from it or distil from it train it once."""
+        path = self.config.work_dir / f"{task.dataset}-h{task.horizon}-s{task.seed}-full"
+        if path.is_dir():
+            return load_model(path)
+        module, _ = full_finetune(original, data, ft_cfg)
+        save_model(
+            module, path, metadata={"source_model": self.config.model, "revision": self.config.revision}
+        )
+        return module
 
     def save(self, plot_too: bool = False) -> None:
         """The JSON (atomically) and ``grid.md`` after every cell; the plot, which takes seconds, at the end."""
@@ -746,6 +809,75 @@ def render(results: dict, json_path: Path, plot_too: bool = True) -> None:
     _replace(json_path.with_suffix(".md"), lambda f: f.write("\n".join(lines)))
     if plot_too and results["cells"]:
         plot(results, json_path.with_suffix(".png"))
+        sweeps = budget_sweeps(results)
+        if sweeps:
+            plot_budgets(sweeps, json_path.with_name(f"{json_path.stem}_budgets.png"))
+
+
+BUDGET_ONLY = (
+    "pruned_finetune",
+    *(
+        v
+        for v, t in TRIED.items()
+        if set(t.prune) == {"budget"} and t == Tried(t.label, t.does, prune=t.prune)
+    ),
+)
+"""The default pruned cell and the tried variants that change nothing but the prune budget."""
+
+
+def budget_sweeps(results: dict) -> dict[tuple[str, int], dict]:
+    """Per dataset x horizon with seed-0 cells at two budgets or more: test MSE per budget (and the
+    MACs it kept) beside full fine-tuning and zero-shot, seed 0 too, so every point is one run."""
+    budgets = {"pruned_finetune": results["settings"]["prune"]["budget"]}
+    budgets |= {v: TRIED[v].prune["budget"] for v in BUDGET_ONLY if v in TRIED}
+    seed0 = {
+        (c["dataset"], c["horizon"], c["variant"]): c for c in results["cells"].values() if c["seed"] == 0
+    }
+    sweeps = {}
+    for dataset, horizon in dict.fromkeys((d, h) for d, h, _ in seed0):
+        points = sorted(
+            (budgets[v], c["mse"], c["prune"]["macs_before"] / c["macs"])
+            for v in BUDGET_ONLY
+            if (c := seed0.get((dataset, horizon, v))) is not None
+        )
+        if len(points) >= 2:
+            sweeps[(dataset, horizon)] = {
+                "points": points,
+                **{
+                    v: seed0[(dataset, horizon, v)]["mse"]
+                    for v in ("zero_shot", "full_finetune")
+                    if (dataset, horizon, v) in seed0
+                },
+            }
+    return sweeps
+
+
+def plot_budgets(sweeps: dict[tuple[str, int], dict], path: Path) -> None:
+    """Test MSE against the prune budget, one panel per dataset x horizon, with full fine-tuning
+    and zero-shot as lines: how far a cell can be pruned before it loses to full fine-tuning."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(1, len(sweeps), figsize=(4.2 * len(sweeps), 3.6), squeeze=False)
+    for ax, ((dataset, horizon), sweep) in zip(axes[0], sweeps.items(), strict=True):
+        budgets, mses, cuts = zip(*sweep["points"], strict=True)
+        ax.plot(budgets, mses, marker="o", label="prune + fine-tune")
+        for b, m, cut in sweep["points"]:
+            ax.annotate(
+                f"{cut:.1f}x", (b, m), textcoords="offset points", xytext=(0, 6), fontsize=7, ha="center"
+            )
+        for variant, style in (("full_finetune", "--"), ("zero_shot", ":")):
+            if variant in sweep:
+                ax.axhline(sweep[variant], linestyle=style, color="0.3", label=LABELS[variant])
+        ax.set_xlabel("budget (fraction of estimated latency kept)")
+        ax.set_ylabel("test MSE (scaled), seed 0")
+        ax.set_title(f"{dataset}-{horizon} (labels: fewer MACs)")
+        ax.legend(fontsize=7)
+    fig.tight_layout()
+    _replace(path, lambda f: fig.savefig(f, dpi=110, format="png"))
+    plt.close(fig)
 
 
 def plot(results: dict, path: Path) -> None:

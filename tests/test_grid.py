@@ -196,6 +196,26 @@ def test_truth_variant_is_the_same_pruning_fine_tuned_without_the_teacher(config
     assert "prune + fine-tune on the truth alone" in tried
 
 
+def test_full_finetune_variants_distil_from_or_prune_the_cell_s_fully_fine_tuned_model(config):
+    """``pruned_ft_teacher`` prunes as the default cell does and distils from the model the
+    ``full_finetune`` cell trains; ``pruned_from_ft`` prunes that model itself. Both share one
+    fine-tuning of it, cached beside the pruned models."""
+    variants = ("full_finetune", "pruned_finetune", "pruned_ft_teacher", "pruned_from_ft")
+    grid.Grid(replace(config, horizons=(H,), variants=variants, transfers=()), log=lambda m: None).run()
+    cells = json.loads(config.results.read_text())["cells"]
+    full, default, teacher, from_ft = (cells[f"a|{H}|{v}|0"] for v in variants)
+    assert teacher["full_finetune_mse"] == from_ft["full_finetune_mse"] == pytest.approx(full["mse"])
+    same = ("params_after", "macs_after", "val_loss_before", "val_loss_after")
+    assert [teacher["prune"][k] for k in same] == [default["prune"][k] for k in same]
+    assert teacher["mse"] != default["mse"]
+    # pruning starts from the fine-tuned weights: the loss it starts at is full fine-tuning's best
+    assert from_ft["prune"]["val_loss_before"] == pytest.approx(full["finetune"]["best_val_loss"])
+    assert from_ft["prune"]["val_loss_before"] != default["prune"]["val_loss_before"]
+    assert (config.work_dir / f"a-h{H}-s0-full").is_dir()
+    tried = config.results.with_suffix(".md").read_text().split("## Variants tried against losing cells")[1]
+    assert "fine-tune, prune, fine-tune" in tried and "distilling from full fine-tuning" in tried
+
+
 def test_tried_table_compares_on_the_tried_variant_s_own_seeds():
     """A tried variant run on seed 0 only is set against the default cells of seed 0, not against
     their mean over seeds 0-2 (zero-shot has one cell and is always shown)."""
@@ -211,6 +231,39 @@ def test_tried_table_compares_on_the_tried_variant_s_own_seeds():
         "| w | 96 | prune + fine-tune, 20 epochs | 0.1520 | 0.2100 | 0.1500 | 0.2000 | **0.1400** | **0.1900** "
         "| 0.1510 | 0.2200 | 1 |"
     )
+
+
+def test_budget_sweep_sets_each_budget_s_seed_0_cell_against_full_fine_tuning(tmp_path):
+    """The budget plot's points: one per budget-only variant with a seed-0 cell (the default cell at
+    the file's budget), sorted by budget, with the MACs each cut; rows with one budget get no panel."""
+    cells = {
+        "w|96|zero_shot|0": _cell("w", 96, "zero_shot", 0, 0.150, 0.20),
+        "w|96|full_finetune|0": _cell("w", 96, "full_finetune", 0, 0.140, 0.19),
+        "w|96|full_finetune|1": _cell("w", 96, "full_finetune", 1, 0.100, 0.19),
+        "w|96|pruned_finetune|1": _cell("w", 96, "pruned_finetune", 1, 0.100, 0.19),
+        "v|96|pruned_finetune|0": _cell("v", 96, "pruned_finetune", 0, 0.3, 0.3),
+    }
+    for variant, mse, macs in (
+        ("pruned_finetune", 0.16, 10),
+        ("pruned_budget050", 0.145, 40),
+        ("pruned_long", 0.1, 10),
+    ):
+        cells[f"w|96|{variant}|0"] = {
+            **_cell("w", 96, variant, 0, mse, 0.2),
+            "macs": macs,
+            "prune": {"macs_before": 100},
+        }
+    cells["v|96|pruned_finetune|0"]["prune"] = {"macs_before": 100}
+    results = {"settings": {"prune": {"budget": 0.18}}, "cells": cells, "transfer": {}}
+    assert grid.budget_sweeps(results) == {
+        ("w", 96): {
+            "points": [(0.18, 0.16, 10.0), (0.5, 0.145, 2.5)],
+            "zero_shot": 0.150,
+            "full_finetune": 0.140,
+        }
+    }
+    grid.plot_budgets(grid.budget_sweeps(results), tmp_path / "budgets.png")
+    assert (tmp_path / "budgets.png").stat().st_size > 0
 
 
 def test_budget_variant_prunes_less_and_records_its_budget(config):

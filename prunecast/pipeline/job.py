@@ -228,9 +228,11 @@ def prune_finetune(
     finetune_config: FinetuneConfig,
     latency: LatencySettings | None = None,
     on_pruned=None,
+    teacher: ForecastModule | None = None,
 ) -> tuple[ForecastModule, PruneReport, FinetuneReport]:
     """The pruned variant: a copy of ``original`` pruned to ``prune_config.budget``, then fine-tuned
-    with ``original`` as teacher. ``on_pruned`` is called between the two (progress logging).
+    distilling from ``teacher`` (default ``original``: the model before pruning; the benchmark grid
+    also tries the fully fine-tuned model). ``on_pruned`` is called between the two (progress logging).
     ``latency``: where a ``latency`` target measures (default :class:`LatencySettings`).
     One function, so ``prunecast run`` and the benchmark grid train the same variant.
 
@@ -244,7 +246,7 @@ def prune_finetune(
     pr = prune(pruned, data.train, data.val, prune_config, latency=model)
     if on_pruned is not None:
         on_pruned()
-    ft = finetune(pruned, data.train, data.val, finetune_config, teacher=original)
+    ft = finetune(pruned, data.train, data.val, finetune_config, teacher=teacher or original)
     return pruned, pr, replace(ft, grown_head=ft.grown_head or grown)
 
 
