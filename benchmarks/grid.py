@@ -878,8 +878,12 @@ def plot_budgets(sweeps: dict[tuple[str, int], dict], path: Path) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, axes = plt.subplots(1, len(sweeps), figsize=(4.2 * len(sweeps), 3.6), squeeze=False)
-    for ax, ((dataset, horizon), sweep) in zip(axes[0], sweeps.items(), strict=True):
+    cols = min(3, len(sweeps))
+    rows = -(-len(sweeps) // cols)
+    fig, axes = plt.subplots(rows, cols, figsize=(4.2 * cols, 3.6 * rows), squeeze=False)
+    for ax in axes.flat[len(sweeps) :]:
+        ax.set_visible(False)
+    for ax, ((dataset, horizon), sweep) in zip(axes.flat, sweeps.items(), strict=False):
         budgets, mses, cuts = zip(*sweep["points"], strict=True)
         ax.plot(budgets, mses, marker="o", label="prune + fine-tune")
         for b, m, cut in sweep["points"]:
