@@ -246,7 +246,9 @@ def prune_finetune(
     pr = prune(pruned, data.train, data.val, prune_config, latency=model)
     if on_pruned is not None:
         on_pruned()
-    ft = finetune(pruned, data.train, data.val, finetune_config, teacher=teacher or original)
+    ft = finetune(
+        pruned, data.train, data.val, finetune_config, teacher=original if teacher is None else teacher
+    )
     return pruned, pr, replace(ft, grown_head=ft.grown_head or grown)
 
 
