@@ -34,6 +34,12 @@ beside the default pruned cell, never in the grid's columns or averages):
 - ``pruned_budget050``, ``pruned_budget070``: budgets 0.5 and 0.7, with 0.18 and 0.35 the sweep of
   how much pruning a cell takes before it loses to full fine-tuning (``grid_budgets.png``).
 - ``pruned_budget035_long``: both changes, budget 0.35 and 20 epochs.
+- ``pruned_budget050_long``: budget 0.5 and 20 epochs, about full fine-tuning's training MACs: at
+  0.35, 20 epochs brought ETTm1-96 and weather-96 within 1% of full fine-tuning.
+- ``full_long``: a control, not pruned: full fine-tuning for 20 epochs, as the 20-epoch pruned
+  variants train (``Tried.pruned = False``).
+- ``pruned_budget050_distill08``: budget 0.5 and distill 0.8: where full fine-tuning cannot beat
+  zero-shot (ETTh1 past 96), the pruned model's best is to forecast as the checkpoint does.
 - ``pruned_budget035_long_recovery``: ``pruned_budget035_long`` with ``pruned_recovery``'s training
   between pruning steps.
 - ``pruned_lr_high``: as ``pruned_finetune``, the learning rate chosen on validation among 1e-3, 3e-3
@@ -120,7 +126,8 @@ VARIANTS = ("zero_shot", "full_finetune", "pruned_finetune")
 @dataclass(frozen=True)
 class Tried:
     """A variant tried against a losing cell: the default pruned cell with ``prune`` and ``finetune``
-    changed (fields of :class:`PruneConfig` and :class:`FinetuneConfig`); ``label`` heads its
+    changed (fields of :class:`PruneConfig` and :class:`FinetuneConfig`), or, with ``pruned``
+    False, the full fine-tuning cell with ``finetune`` changed (a control); ``label`` heads its
     rows, ``does`` says in ``grid.md`` what it changes."""
 
     label: str
@@ -132,6 +139,15 @@ class Tried:
     teacher: Literal["original", "full_finetune"] = "original"
     """The model fine-tuning distils from: the checkpoint (the default cell's), or the cell's fully
     fine-tuned model, which forecasts the target dataset better than the checkpoint does."""
+    pruned: bool = True
+    """False: a control, the full fine-tuning cell with ``finetune`` changed, to tell whether what
+    helps the pruned model would help the baseline as much."""
+
+    def __post_init__(self) -> None:
+        if not self.pruned and (self.prune or "full_finetune" in (self.start, self.teacher)):
+            raise ValueError(
+                f"{self.label}: a full fine-tuning control prunes nothing and distils from nothing"
+            )
 
     @property
     def needs_full_finetune(self) -> bool:
@@ -184,6 +200,27 @@ TRIED = {
         "pruned to 0.35 as pruned_budget035, then fine-tuned for 20 epochs as pruned_long",
         prune={"budget": 0.35},
         finetune={"epochs": 20},
+    ),
+    "pruned_budget050_long": Tried(
+        "prune 0.5 + fine-tune, 20 epochs",
+        "pruned to 0.5 as pruned_budget050, then fine-tuned for 20 epochs as pruned_long (at 0.5 an "
+        "epoch costs the pruned model about half what it costs the full one, so 20 epochs are about "
+        "full fine-tuning's 10 in MACs)",
+        prune={"budget": 0.5},
+        finetune={"epochs": 20},
+    ),
+    "full_long": Tried(
+        "full fine-tune, 20 epochs (control)",
+        "not pruned: full fine-tuning for 20 epochs instead of 10, the control for the 20-epoch pruned "
+        "variants (whether the baseline was short of training too)",
+        finetune={"epochs": 20},
+        pruned=False,
+    ),
+    "pruned_budget050_distill08": Tried(
+        "prune 0.5 + fine-tune, distill 0.8",
+        "pruned to 0.5 as pruned_budget050, then fine-tuned with distill 0.8 as pruned_distill08",
+        prune={"budget": 0.5},
+        finetune={"distill": 0.8},
     ),
     "pruned_budget035_long_recovery": Tried(
         "prune 0.35 with recovery + fine-tune, 20 epochs",
@@ -416,9 +453,11 @@ class Grid:
 
     def estimate(self, task: Task) -> float:
         """Seconds ``task`` will likely take: the longest finished cell most like it (a tried
-        variant with no cell yet: like the default pruned one), else 0."""
+        variant with no cell yet: like the default pruned one, or full fine-tuning for a control),
+        else 0."""
         section = self.results[task.section].values()
-        kinds = (task.variant, "pruned_finetune")
+        tried = TRIED.get(task.variant)
+        kinds = (task.variant, "full_finetune" if tried and not tried.pruned else "pruned_finetune")
         kind = next((k for k in kinds if any(c["variant"] == k for c in section)), task.variant)
         same_kind = [c for c in section if c["variant"] == kind]
         for pool in (
@@ -452,11 +491,13 @@ class Grid:
             data = self.data(task.dataset, original.context_length, task.horizon)
             module = original
             ft_cfg = replace(config.finetune, seed=task.seed)
-            if task.variant == "full_finetune":
+            tried = TRIED.get(task.variant)
+            if task.variant == "full_finetune" or (tried is not None and not tried.pruned):
+                ft_cfg = replace(ft_cfg, **(tried.finetune if tried else {}))
                 module, ft = full_finetune(original, data, ft_cfg)
                 extra["finetune"] = _finetune_summary(ft.to_dict())
-            elif task.variant == "pruned_finetune" or task.variant in TRIED:
-                tried = TRIED.get(task.variant, Tried("", ""))
+            elif task.variant == "pruned_finetune" or tried is not None:
+                tried = tried or Tried("", "")
                 prune_cfg = replace(config.prune, seed=task.seed, **tried.prune)
                 models = {"original": original}
                 if tried.needs_full_finetune:

@@ -196,6 +196,24 @@ def test_truth_variant_is_the_same_pruning_fine_tuned_without_the_teacher(config
     assert "prune + fine-tune on the truth alone" in tried
 
 
+def test_full_fine_tuning_control_trains_the_unpruned_model_with_its_own_settings(config):
+    """``full_long`` is full fine-tuning for 20 epochs: nothing pruned, more epochs than the full cell;
+    before it has a cell of its own its time is estimated from full fine-tuning's."""
+    runner = grid.Grid(
+        replace(config, horizons=(H,), variants=("full_finetune",), transfers=()), log=lambda m: None
+    )
+    runner.run()
+    full = json.loads(config.results.read_text())["cells"][f"a|{H}|full_finetune|0"]
+    assert runner.estimate(grid.Task("a", H, "full_long", 0)) == full["seconds"]
+    grid.Grid(replace(config, horizons=(H,), variants=("full_long",), transfers=()), log=lambda m: None).run()
+    control = json.loads(config.results.read_text())["cells"][f"a|{H}|full_long|0"]
+    assert "prune" not in control and (control["params"], control["macs"]) == (full["params"], full["macs"])
+    assert len(full["finetune"]["epochs"]) == 1 < len(control["finetune"]["epochs"])
+    assert control["finetune"]["distill"] == full["finetune"]["distill"]
+    with pytest.raises(ValueError, match="prunes nothing"):
+        grid.Tried("x", "y", prune={"budget": 0.5}, pruned=False)
+
+
 def test_full_finetune_variants_distil_from_or_prune_the_cell_s_fully_fine_tuned_model(config):
     """``pruned_ft_teacher`` prunes as the default cell does and distils from the model the
     ``full_finetune`` cell trains; ``pruned_from_ft`` prunes that model itself. Both share one
@@ -235,7 +253,8 @@ def test_tried_table_compares_on_the_tried_variant_s_own_seeds():
 
 def test_budget_sweep_sets_each_budget_s_seed_0_cell_against_full_fine_tuning(tmp_path):
     """The budget plot's points: one per budget-only variant with a seed-0 cell (the default cell at
-    the file's budget), sorted by budget, with the MACs each cut; rows with one budget get no panel."""
+    the file's budget), sorted by budget, with the MACs each cut; a variant that changes anything
+    but the budget is not a point; rows with one budget get no panel."""
     cells = {
         "w|96|zero_shot|0": _cell("w", 96, "zero_shot", 0, 0.150, 0.20),
         "w|96|full_finetune|0": _cell("w", 96, "full_finetune", 0, 0.140, 0.19),
@@ -247,6 +266,7 @@ def test_budget_sweep_sets_each_budget_s_seed_0_cell_against_full_fine_tuning(tm
         ("pruned_finetune", 0.16, 10),
         ("pruned_budget050", 0.145, 40),
         ("pruned_long", 0.1, 10),
+        ("pruned_budget050_long", 0.1, 40),  # changes the fine-tuning too: not a point
     ):
         cells[f"w|96|{variant}|0"] = {
             **_cell("w", 96, variant, 0, mse, 0.2),
