@@ -893,7 +893,9 @@ def budget_sweeps(results: dict) -> dict[tuple[str, int], dict]:
         (c["dataset"], c["horizon"], c["variant"]): c for c in results["cells"].values() if c["seed"] == 0
     }
     sweeps = {}
-    for dataset, horizon in dict.fromkeys((d, h) for d, h, _ in seed0):
+    datasets = list(dict.fromkeys(d for d, _, _ in seed0))
+    rows = sorted({(d, h) for d, h, _ in seed0}, key=lambda row: (datasets.index(row[0]), row[1]))
+    for dataset, horizon in rows:  # panels by dataset, then horizon
         points = sorted(
             (budgets[v], c["mse"], c["prune"]["macs_before"] / c["macs"])
             for v in BUDGET_ONLY
