@@ -204,8 +204,8 @@ TRIED = {
     "pruned_budget050_long": Tried(
         "prune 0.5 + fine-tune, 20 epochs",
         "pruned to 0.5 as pruned_budget050, then fine-tuned for 20 epochs as pruned_long (at 0.5 an "
-        "epoch costs the pruned model about half what it costs the full one, so 20 epochs are about "
-        "full fine-tuning's 10 in MACs)",
+        "epoch costs the pruned model about half the MACs it costs the full one, so 20 epochs are "
+        "about full fine-tuning's 10 in MACs)",
         prune={"budget": 0.5},
         finetune={"epochs": 20},
     ),
